@@ -1,0 +1,25 @@
+"""Pure RL math for llm_rl: tensors in, tensors (and metrics) out. Imports torch only."""
+
+from llm_rl.core.advantages import gae, group_advantages
+from llm_rl.core.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards, kl_penalty
+from llm_rl.core.logprobs import entropy_from_logits, selective_log_softmax
+from llm_rl.core.losses import aggregate_loss, clipped_policy_loss, clipped_value_loss
+from llm_rl.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "aggregate_loss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "group_advantages",
+    "kl_penalized_rewards",
+    "kl_penalty",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "selective_log_softmax",
+]

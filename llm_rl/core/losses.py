@@ -1,0 +1,138 @@
+"""Clipped PPO/GRPO policy loss, clipped value loss, and loss aggregation.
+
+Sources:
+- PPO clipped surrogate and value clipping: Schulman et al. 2017, arXiv 1707.06347,
+  eq. 7; value clipping as in OpenAI baselines / CleanRL `ppo.py`.
+- Clip-higher (eps_high > eps_low) and token-mean aggregation: DAPO, arXiv 2503.14476.
+- Sequence-mean aggregation: GRPO, DeepSeekMath, arXiv 2402.03300, eq. 3.
+- Constant-normaliser aggregation: Dr. GRPO, arXiv 2503.20783.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from llm_rl.core.masked import masked_mean
+
+
+def _token_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mean(loss, mask)  # sum over valid tokens / number of valid tokens
+
+
+def _seq_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # An all-padding row has token mean 0 and still counts as one of the B rows.
+    return masked_mean(loss, mask, dim=-1).mean()  # (B,) -> ()
+
+
+def _seq_sum_norm(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    valid = torch.where(mask.bool(), loss, torch.zeros_like(loss))  # (B, T)
+    return valid.sum() / loss.numel()  # / (B * T), T the padded length
+
+
+_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "token_mean": _token_mean,
+    "seq_mean": _seq_mean,
+    "seq_sum_norm": _seq_sum_norm,
+}
+
+
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce a per-token loss `(B, T)` with mask `(B, T)` to a 0-dim loss.
+
+    Modes:
+        "token_mean":   sum of valid tokens / number of valid tokens (DAPO, arXiv 2503.14476)
+        "seq_mean":     mean over rows of each row's token mean (GRPO, arXiv 2402.03300)
+        "seq_sum_norm": sum of valid tokens / (B * T), T the padded length (Dr. GRPO, arXiv 2503.20783)
+
+    Across data-parallel shards, token_mean is only the global token mean if
+    you combine `loss * n_valid` and `n_valid` (sum both, then divide), not by
+    averaging the shards' means.
+    """
+    if mode not in _AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {sorted(_AGGREGATIONS)}")
+    return _AGGREGATIONS[mode](per_token_loss, mask)
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float | None = 0.2,
+    eps_high: float | None = None,
+    aggregation: str = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate loss, as used by PPO and GRPO.
+
+    Shapes: `logprobs`, `old_logprobs`, `mask` `(B, T)`; `advantages` `(B,)`
+    (one per sequence, broadcast over tokens) or `(B, T)` -> `(loss, stats)`.
+
+    Formula (arXiv 1707.06347, eq. 7), per valid token:
+        ratio = exp(logp - old)
+        loss_t = -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A)
+    `eps_high=None` means `eps_low`; a larger `eps_high` is DAPO's clip-higher
+    (arXiv 2503.14476). `eps_low=None` disables clipping: plain `-ratio * A`
+    (used by PPO with a KL penalty instead of clipping).
+    The per-token loss is reduced with `aggregate_loss(..., aggregation)`.
+
+    stats (detached 0-dim): "clip_fraction" (valid tokens whose gradient the
+    clip zeroes), "approx_kl" (masked mean of 0.5 * (logp - old)**2, the k2
+    estimator), "ratio_mean".
+    """
+    if eps_low is None and eps_high is not None:
+        raise ValueError("eps_high needs eps_low; pass eps_low=None alone for an unclipped loss")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]  # (B,) -> (B, 1), broadcast over tokens
+    keep = mask.bool()
+    # Zero the log-ratio on padding so garbage there cannot overflow exp().
+    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    per_token_loss = -advantages * ratio  # (B, T)
+
+    if eps_low is None:
+        clipped = torch.zeros_like(keep)
+    else:
+        eps_high = eps_low if eps_high is None else eps_high
+        clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
+        per_token_loss = torch.maximum(per_token_loss, -advantages * clipped_ratio)  # = -min(...)
+        clipped = ((ratio < 1 - eps_low) & (advantages < 0)) | ((ratio > 1 + eps_high) & (advantages > 0))
+
+    loss = aggregate_loss(per_token_loss, mask, aggregation)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean(clipped.to(ratio.dtype), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO value-head loss with the value prediction clipped around the rollout's values.
+
+    Shapes: `values`, `old_values`, `returns`, `mask` `(B, T)` -> `(loss, stats)`.
+    Formula (OpenAI baselines / CleanRL `ppo.py`):
+        v_clip = clamp(v, old - clip, old + clip)
+        loss = 0.5 * masked_mean(max((v - R)**2, (v_clip - R)**2))
+    `clip=None` gives the plain `0.5 * masked_mean((v - R)**2)`.
+    stats (detached 0-dim): "value_clip_fraction", the valid tokens where the
+    clipped term is larger (so it is the one used and its gradient is 0).
+    """
+    unclipped = (values - returns) ** 2  # (B, T)
+    if clip is None:
+        per_token_loss, clipped = unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    else:
+        values_clipped = torch.clamp(values, old_values - clip, old_values + clip)  # (B, T)
+        clipped_loss = (values_clipped - returns) ** 2
+        per_token_loss = torch.maximum(unclipped, clipped_loss)
+        clipped = clipped_loss > unclipped
+    loss = 0.5 * masked_mean(per_token_loss, mask)
+    with torch.no_grad():
+        stats = {"value_clip_fraction": masked_mean(clipped.to(unclipped.dtype), mask)}
+    return loss, stats

@@ -1,0 +1,179 @@
+"""Policy/value losses and loss aggregation: hand values, loop references, shard combination."""
+
+import math
+
+import pytest
+import torch
+
+from llm_rl.core import aggregate_loss, clipped_policy_loss, clipped_value_loss
+
+LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
+
+def test_aggregation_hand_values():
+    assert aggregate_loss(LOSS, MASK, "token_mean").item() == pytest.approx(10 / 4)
+    assert aggregate_loss(LOSS, MASK, "seq_mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate_loss(LOSS, MASK, "seq_sum_norm").item() == pytest.approx(10 / 6)
+
+
+def test_unknown_aggregation_lists_choices():
+    with pytest.raises(ValueError, match="seq_mean.*seq_sum_norm.*token_mean"):
+        aggregate_loss(LOSS, MASK, "sum")
+
+
+def _loop_aggregate(loss, mask, mode):
+    B, T = loss.shape
+    rows = [[loss[b, t].item() for t in range(T) if mask[b, t]] for b in range(B)]
+    n_tokens = sum(len(r) for r in rows)
+    if mode == "token_mean":
+        return sum(map(sum, rows)) / max(n_tokens, 1)
+    if mode == "seq_mean":
+        return sum(sum(r) / len(r) if r else 0.0 for r in rows) / B
+    return sum(map(sum, rows)) / (B * T)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_aggregation_vs_loop(seed, mode):
+    g = torch.Generator().manual_seed(seed)
+    loss = torch.randn(5, 6, generator=g, dtype=torch.float64)
+    lengths = torch.randint(0, 7, (5,), generator=g)
+    lengths[0] = 0  # an all-padding row
+    mask = torch.arange(6)[None, :] < lengths[:, None]
+    loss[~mask] = float("nan")  # padding must not leak
+    expected = _loop_aggregate(loss, mask, mode)
+    assert aggregate_loss(loss, mask, mode).item() == pytest.approx(expected)
+
+
+def test_token_mean_over_two_shards_equals_global():
+    g = torch.Generator().manual_seed(0)
+    loss = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    mask = torch.arange(8)[None, :] < torch.tensor([8, 7, 1, 2])[:, None]  # uneven shards
+    global_value = aggregate_loss(loss, mask, "token_mean")
+    # Each rank sends (its token mean * its token count, its token count); sum both, then divide.
+    numerators, denominators = [], []
+    for shard in (slice(0, 2), slice(2, 4)):
+        n_tokens = mask[shard].sum()
+        numerators.append(aggregate_loss(loss[shard], mask[shard], "token_mean") * n_tokens)
+        denominators.append(n_tokens)
+    combined = sum(numerators) / sum(denominators)
+    torch.testing.assert_close(combined, global_value)
+    # Averaging the shards' means is not the same thing when shards hold different token counts.
+    mean_of_means = sum(n / d for n, d in zip(numerators, denominators)) / 2
+    assert not torch.isclose(mean_of_means, global_value)
+
+
+# ---- policy loss ----
+
+
+def _one_token(log_ratio, advantage, **kwargs):
+    logp = torch.tensor([[log_ratio]], requires_grad=True)
+    loss, stats = clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([advantage]), torch.ones(1, 1), **kwargs)
+    loss.backward()
+    return loss.item(), stats, logp.grad.item()
+
+
+def test_policy_loss_hand_values_and_zero_gradient_when_clipped():
+    # ratio 1.5, A = 1: -min(1.5, 1.2) = -1.2, clipped, no gradient.
+    loss, stats, grad = _one_token(math.log(1.5), 1.0)
+    assert loss == pytest.approx(-1.2) and stats["clip_fraction"].item() == 1.0 and grad == 0.0
+    # ratio 0.5, A = -1: -min(-0.5, -0.8) = 0.8, clipped.
+    loss, stats, grad = _one_token(math.log(0.5), -1.0)
+    assert loss == pytest.approx(0.8) and stats["clip_fraction"].item() == 1.0 and grad == 0.0
+    # ratio 1.5, A = -1: -min(-1.5, -1.2) = 1.5, not clipped; d/dlogp (-ratio * A) = ratio.
+    loss, stats, grad = _one_token(math.log(1.5), -1.0)
+    assert loss == pytest.approx(1.5) and stats["clip_fraction"].item() == 0.0 and grad == pytest.approx(1.5)
+    # ratio 0.5, A = 1: -min(0.5, 0.8) = -0.5, not clipped.
+    loss, stats, grad = _one_token(math.log(0.5), 1.0)
+    assert loss == pytest.approx(-0.5) and stats["clip_fraction"].item() == 0.0 and grad == pytest.approx(-0.5)
+
+
+def test_clip_higher_changes_the_result():
+    # ratio 1.5, A = 1: symmetric 0.2 clips at 1.2; DAPO's eps_high=0.28 at 1.28; 0.6 not at all.
+    assert _one_token(math.log(1.5), 1.0, eps_low=0.2)[0] == pytest.approx(-1.2)
+    assert _one_token(math.log(1.5), 1.0, eps_low=0.2, eps_high=0.28)[0] == pytest.approx(-1.28)
+    loss, stats, grad = _one_token(math.log(1.5), 1.0, eps_low=0.2, eps_high=0.6)
+    assert loss == pytest.approx(-1.5) and stats["clip_fraction"].item() == 0.0 and grad == pytest.approx(-1.5)
+    # eps_high does not touch the lower side: ratio 0.5, A = -1 still clips at 0.8.
+    assert _one_token(math.log(0.5), -1.0, eps_low=0.2, eps_high=0.6)[0] == pytest.approx(0.8)
+
+
+def test_unclipped_policy_loss():
+    loss, stats, grad = _one_token(math.log(3.0), 2.0, eps_low=None)
+    assert loss == pytest.approx(-6.0) and stats["clip_fraction"].item() == 0.0 and grad == pytest.approx(-6.0)
+    with pytest.raises(ValueError):
+        _one_token(0.0, 1.0, eps_low=None, eps_high=0.3)
+
+
+def _loop_policy_loss(logp, old, adv, mask, eps_low, eps_high):
+    per_token, clipped, kl, ratios = [], [], [], []
+    for b in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if not mask[b, t]:
+                continue
+            r, a = math.exp(logp[b, t] - old[b, t]), adv[b, t].item()
+            per_token.append(-min(r * a, min(max(r, 1 - eps_low), 1 + eps_high) * a))
+            clipped.append((r < 1 - eps_low and a < 0) or (r > 1 + eps_high and a > 0))
+            kl.append(0.5 * (logp[b, t] - old[b, t]).item() ** 2)
+            ratios.append(r)
+    n = len(per_token)
+    return sum(per_token) / n, sum(clipped) / n, sum(kl) / n, sum(ratios) / n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_policy_loss_vs_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 4, 6
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    logp = old + 0.4 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+    mask = torch.arange(T)[None, :] < torch.tensor([T, 1, 3, 5])[:, None]
+    logp_padded = logp.masked_fill(~mask, float("inf"))  # garbage on padding must not leak
+    eps_low, eps_high = 0.2, [None, 0.28, 0.2, 0.5][seed]
+    loss, stats = clipped_policy_loss(logp_padded, old, adv, mask, eps_low, eps_high)
+    ref = _loop_policy_loss(logp, old, adv, mask, eps_low, eps_high if eps_high is not None else eps_low)
+    assert loss.item() == pytest.approx(ref[0])
+    assert stats["clip_fraction"].item() == pytest.approx(ref[1])
+    assert stats["approx_kl"].item() == pytest.approx(ref[2])
+    assert stats["ratio_mean"].item() == pytest.approx(ref[3])
+    assert all(v.dim() == 0 and not v.requires_grad for v in stats.values())
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_sequence_advantages_broadcast_over_tokens(aggregation):
+    g = torch.Generator().manual_seed(0)
+    logp, old = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    per_seq, _ = clipped_policy_loss(logp, old, adv, mask, aggregation=aggregation)
+    per_token, _ = clipped_policy_loss(logp, old, adv[:, None].expand(3, 4), mask, aggregation=aggregation)
+    expected_per_token = -torch.minimum(
+        (logp - old).exp() * adv[:, None], (logp - old).exp().clamp(0.8, 1.2) * adv[:, None]
+    )
+    torch.testing.assert_close(per_seq, per_token)
+    torch.testing.assert_close(per_seq, aggregate_loss(expected_per_token, mask, aggregation))
+
+
+# ---- value loss ----
+
+
+def test_value_loss_hand_values():
+    values = torch.tensor([[1.0, 0.6, 123.0]])
+    old_values = torch.tensor([[0.5, 0.5, 0.0]])
+    returns = torch.tensor([[2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    # token 0: (1 - 2)^2 = 1, clipped v = 0.7 -> 1.69 (used, clipped); token 1: 0.36 both ways.
+    loss, stats = clipped_value_loss(values, old_values, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 0.36) / 2)
+    assert stats["value_clip_fraction"].item() == pytest.approx(0.5)
+    loss, stats = clipped_value_loss(values, old_values, returns, mask, clip=None)
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 0.36) / 2)
+    assert stats["value_clip_fraction"].item() == 0.0
+
+
+def test_value_loss_gradient_zero_where_clipped():
+    values = torch.tensor([[1.0, 0.6]], requires_grad=True)
+    loss, _ = clipped_value_loss(values, torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.0]]), torch.ones(1, 2))
+    loss.backward()
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5 * 2 * 0.6 / 2]]))
