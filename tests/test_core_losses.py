@@ -177,3 +177,17 @@ def test_value_loss_gradient_zero_where_clipped():
     loss, _ = clipped_value_loss(values, torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.0]]), torch.ones(1, 2))
     loss.backward()
     torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5 * 2 * 0.6 / 2]]))
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean"])
+def test_micro_batches_weighted_by_denominator_equal_global_aggregate(mode):
+    from llm_rl.core import aggregation_denominator
+
+    torch.manual_seed(3)
+    loss = torch.randn(6, 5)
+    mask = torch.tensor([[1] * k + [0] * (5 - k) for k in (5, 1, 3, 0, 2, 4)])
+    parts = [(loss[:2], mask[:2]), (loss[2:3], mask[2:3]), (loss[3:], mask[3:])]
+    total = sum(aggregation_denominator(m, mode) for _, m in parts)
+    combined = sum(aggregate_loss(x, m, mode) * aggregation_denominator(m, mode) / total for x, m in parts)
+    assert torch.allclose(combined, aggregate_loss(loss, mask, mode), atol=1e-6)
+    assert aggregation_denominator(mask, mode).item() == (mask.sum().item() if mode == "token_mean" else 6)

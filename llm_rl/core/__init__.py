@@ -3,13 +3,14 @@
 from llm_rl.core.advantages import gae, group_advantages
 from llm_rl.core.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards, kl_penalty
 from llm_rl.core.logprobs import entropy_from_logits, selective_log_softmax
-from llm_rl.core.losses import aggregate_loss, clipped_policy_loss, clipped_value_loss
+from llm_rl.core.losses import aggregate_loss, aggregation_denominator, clipped_policy_loss, clipped_value_loss
 from llm_rl.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate_loss",
+    "aggregation_denominator",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",

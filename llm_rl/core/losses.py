@@ -53,6 +53,26 @@ def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) 
     return _AGGREGATIONS[mode](per_token_loss, mask)
 
 
+_DENOMINATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "token_mean": lambda mask: mask.sum(),
+    "seq_mean": lambda mask: torch.tensor(float(mask.shape[0]), device=mask.device),
+    "seq_sum_norm": lambda mask: torch.tensor(float(mask.numel()), device=mask.device),
+}
+
+
+def aggregation_denominator(mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The count `aggregate_loss(x, mask, mode)` divides by: valid tokens, rows, or B * T.
+
+    Splitting a batch into micro-batches (or shards) k, the global aggregate is
+    `sum_k aggregate_loss(x_k, m_k, mode) * d_k / sum_k d_k` with
+    `d_k = aggregation_denominator(m_k, mode)`: exact for "token_mean" and
+    "seq_mean", and for "seq_sum_norm" when every part has the same padded length.
+    """
+    if mode not in _DENOMINATORS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {sorted(_DENOMINATORS)}")
+    return _DENOMINATORS[mode](mask).float()
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

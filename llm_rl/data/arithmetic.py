@@ -79,7 +79,7 @@ def greedy_accuracy(model, tokenizer, dataset, batch_size: int = 200, max_new_to
     correct = 0
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
-        enc = tokenizer(rows["prompt"], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tokenizer(list(rows["prompt"]), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = model.generate(
             **enc,
             do_sample=False,

@@ -1,0 +1,57 @@
+"""Loading a policy, its tokenizer and a frozen reference, from a name, a path or an object."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+DEFAULT_MODEL = "tiny"  # the embedded offline model, built on first use by llm_rl.models.tiny
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"tiny"`` means the embedded model (built and cached on first use); anything else is passed on."""
+    if name_or_path == DEFAULT_MODEL:
+        from llm_rl.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model())
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", os.sep, 1)
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)) and name_or_path.count("/") != 1:
+        raise FileNotFoundError(
+            f"Model path {name_or_path!r} does not exist. Pass a folder saved with save_pretrained, "
+            f"a hub name such as 'Qwen/Qwen2.5-0.5B-Instruct' (needs network or a local cache), or 'tiny'."
+        )
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        warnings.warn(f"tokenizer of {name_or_path!r} has no pad token; using its EOS token {tokenizer.eos_token!r} for padding")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
+    return tokenizer
+
+
+def load_causal_lm(model, trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    if isinstance(model, PreTrainedModel):
+        return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code, dtype=dtype)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = " The hub is unreachable (HF_HUB_OFFLINE is set)." if offline else ""
+        raise OSError(
+            f"Could not load a causal LM from {model!r}.{hint} Pass a local folder saved with save_pretrained, "
+            f"a hub name already in the local cache, or 'tiny' for the embedded model."
+        ) from err
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """An independent, frozen, eval-mode copy of ``model`` (the reference policy)."""
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()

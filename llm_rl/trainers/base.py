@@ -1,0 +1,251 @@
+"""What every llm_rl trainer shares: loading, data, rewards, the update, logging, saving.
+
+A concrete trainer (GRPO, PPO) implements ``training_step()``: rollout -> score ->
+advantages -> updates, returning the step's metrics. Everything around it — the
+accelerate setup, the prompt stream, the guarded optimizer step, metrics, checkpoints
+and the final save — lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from llm_rl.data.prompts import is_chat, load_prompts, render_prompt
+from llm_rl.models.loading import frozen_copy, load_causal_lm, load_tokenizer, resolve_model_path
+from llm_rl.trainers import checkpoint
+from llm_rl.trainers.config import RLConfig
+from llm_rl.trainers.logging import MetricsLogger, plot_reward_curve
+from llm_rl.trainers.prompt_stream import PromptStream
+from reward_models import LearnedReward, compute_rewards
+
+
+def _lora_config(args: RLConfig):
+    from peft import LoraConfig
+
+    targets = args.lora_target_modules
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+class BaseRLTrainer:
+    """Shared machinery; see ``GRPOTrainer`` and ``PPOTrainer`` for the algorithms."""
+
+    needs_reference: bool = True
+
+    def __init__(
+        self,
+        model,
+        reward_funcs,
+        args: RLConfig,
+        train_dataset,
+        peft_config=None,
+        processing_class=None,
+        eval_fn: Callable | None = None,
+    ):
+        self.args = args
+        checkpoint.check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
+        use_bf16 = args.bf16 if args.bf16 is not None else (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        self.accelerator = Accelerator(
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_dir=args.output_dir,
+            mixed_precision="bf16" if use_bf16 else "no",
+        )
+        set_seed(args.seed)
+
+        # --- policy, tokenizer, reference ---
+        path = resolve_model_path(model) if isinstance(model, str) else model
+        self.tokenizer = processing_class or load_tokenizer(
+            path if isinstance(path, str) else path.name_or_path, args.trust_remote_code
+        )
+        policy = load_causal_lm(path, trust_remote_code=args.trust_remote_code)
+        if args.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.is_peft = bool(args.use_peft or peft_config is not None)
+        if self.is_peft:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, peft_config or _lora_config(args))
+        # With LoRA the reference is the same weights with the adapter switched off: no second copy.
+        self.reference = frozen_copy(policy) if self.needs_reference and not self.is_peft else None
+
+        # --- rewards ---
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        self.reward_funcs = [LearnedReward(f, device=self.accelerator.device) if isinstance(f, str) else f for f in funcs]
+        if not self.reward_funcs:
+            raise ValueError("reward_funcs is empty: pass at least one reward function or reward model")
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} entries for {len(self.reward_funcs)} reward functions"
+            )
+
+        # --- data ---
+        self.dataset = load_prompts(
+            train_dataset, tokenizer=self.tokenizer, max_prompt_length=args.max_prompt_length, long_prompts=args.long_prompts
+        )
+        acc = self.accelerator
+        self.stream = PromptStream(
+            len(self.dataset),
+            args.per_device_batch_size * args.gradient_accumulation_steps * acc.num_processes,
+            acc.num_processes,
+            acc.process_index,
+            args.seed,
+        )
+
+        # --- optimisation ---
+        self.model, self.optimizer, self.scheduler = acc.prepare(policy, *self._optimizer_and_scheduler(policy))
+        if self.reference is not None:
+            self.reference.to(acc.device)
+        self.eval_fn = eval_fn
+        self.step, self.skipped_steps = 0, 0
+
+    # ------------------------------------------------------------------ setup helpers
+    def _optimizer_and_scheduler(self, policy):
+        params = [p for p in policy.parameters() if p.requires_grad]
+        args = self.args
+        optimizer = torch.optim.AdamW(
+            params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
+        )
+        scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.warmup_steps,
+            num_training_steps=args.max_steps * self.updates_per_step(),
+        )
+        return optimizer, scheduler
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates per rollout step (GRPO: num_iterations; PPO: epochs x mini-batches)."""
+        return 1
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ shared step pieces
+    def next_prompts(self) -> tuple[list, list[str], dict[str, list], list[int]]:
+        """This process's prompts for the step: raw prompts, rendered texts, other columns, seeds."""
+        indices, seeds = self.stream.next_step(self.step)
+        rows = self.dataset.select(indices).to_dict()
+        prompts = rows.pop("prompt")
+        texts = [render_prompt(self.tokenizer, p) for p in prompts]
+        return prompts, texts, rows, seeds
+
+    def score(self, prompts: list, completion_ids: torch.Tensor, columns: dict[str, list], group_size: int):
+        """Rewards `(B,)` and per-function rewards of the decoded completions (repeated prompts)."""
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        repeated_prompts = [p for p in prompts for _ in range(group_size)]
+        completions = [
+            [{"role": "assistant", "content": t}] if is_chat(p) else t for p, t in zip(repeated_prompts, texts)
+        ]
+        repeated_columns = {k: [v for v in vs for _ in range(group_size)] for k, vs in columns.items()}
+        total, per_func = compute_rewards(
+            self.reward_funcs, self.args.reward_weights, repeated_prompts, completions, repeated_columns
+        )
+        device = self.accelerator.device
+        return total.to(device), {k: v.to(device) for k, v in per_func.items()}
+
+    def global_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values.detach().float().clone(), reduction="sum")
+
+    def optimizer_update(self) -> dict[str, float]:
+        """Clip, then step — unless the gradient is NaN/inf, in which case the update is skipped."""
+        max_norm = self.args.max_grad_norm or float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm}
+
+    def training_step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        """Algorithm state a checkpoint must carry besides weights and optimizer (e.g. a KL controller)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(self) -> dict[str, float]:
+        return dict(self.eval_fn(self.unwrapped, self.tokenizer)) if self.eval_fn else {}
+
+    def train(self) -> dict:
+        args, acc = self.args, self.accelerator
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        if args.report_to != "none":
+            acc.init_trackers(Path(args.output_dir).name, config={k: str(v) for k, v in vars(args).items()})
+        if args.resume_from_checkpoint:
+            checkpoint.load(self, args.resume_from_checkpoint)
+        before = self.evaluate() if self.step == 0 else {}
+        logger = MetricsLogger(acc, args.output_dir, args.max_steps, initial_step=self.step)
+        if before:
+            logger.log({**before, "num_processes": acc.num_processes}, step=0)
+        while self.step < args.max_steps:
+            start = time.perf_counter()
+            metrics = self.training_step()
+            self.step += 1
+            seconds = time.perf_counter() - start
+            metrics.update(
+                step_seconds=seconds,
+                tokens_per_second=metrics.pop("generated_tokens", 0.0) / seconds,
+                peak_memory_mb=float(acc.reduce(torch.tensor(peak_memory_mb(acc.device), device=acc.device), "max")),
+                learning_rate=self.scheduler.get_last_lr()[0],
+                skipped_steps=self.skipped_steps,
+            )
+            if self.step == 1:
+                metrics["num_processes"] = acc.num_processes
+            if args.eval_steps and self.step % args.eval_steps == 0:
+                metrics.update(self.evaluate())
+            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+                logger.log(metrics, step=self.step)
+            if args.save_steps and self.step % args.save_steps == 0:
+                checkpoint.save(self)
+            logger.advance()
+        logger.close()
+        after = self.evaluate()
+        self.save_model(Path(args.output_dir) / "final")
+        summary = {"steps": self.step, "num_processes": acc.num_processes, "skipped_steps": self.skipped_steps}
+        for key in after:
+            summary[f"{key}_before"], summary[f"{key}_after"] = before.get(key), after[key]
+        if acc.is_main_process:
+            if after:
+                (Path(args.output_dir) / "eval.json").write_text(json.dumps(summary, indent=2))
+            plot_reward_curve(Path(args.output_dir) / "metrics.jsonl", Path(args.output_dir) / "reward_curve.png")
+        acc.end_training()
+        return summary
+
+    def save_model(self, path: str | Path) -> None:
+        """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter."""
+        self.accelerator.wait_for_everyone()
+        model = self.unwrapped
+        state = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            model.save_pretrained(path, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+        self.accelerator.wait_for_everyone()
