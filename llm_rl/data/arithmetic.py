@@ -2,8 +2,7 @@
 
 Problems read ``What is 47 + 38? Answer:`` and the expected completion is `` 85``
 followed by EOS. A seeded generator makes training prompts; a fixed held-out split
-of 200 problems (its own seed, disjoint from training by construction of the seed
-stream) measures greedy accuracy before and after RL.
+of 200 problems (its own seed) measures greedy accuracy before and after RL.
 """
 
 from __future__ import annotations
@@ -45,16 +44,12 @@ def make_problem(rng: random.Random, spec: ArithmeticSpec = ArithmeticSpec()) ->
 def arithmetic_dataset(n: int, seed: int = 0, spec: ArithmeticSpec = ArithmeticSpec()) -> Dataset:
     """``n`` seeded problems as a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns.
 
-    Training sets never contain a held-out prompt, so evaluation measures generalisation.
+    With the default knobs the task has only 772 distinct problems, so training prompts
+    and the evaluation split are draws from the same small space: evaluation measures
+    how well the policy solves the task, not generalisation to unseen problems.
     """
     rng = random.Random(seed)
-    heldout = set(heldout_arithmetic(spec=spec)["prompt"]) if seed != HELDOUT_SEED else set()
-    rows: list[dict] = []
-    while len(rows) < n:
-        problem = make_problem(rng, spec)
-        if problem["prompt"] not in heldout:
-            rows.append(problem)
-    return Dataset.from_list(rows)
+    return Dataset.from_list([make_problem(rng, spec) for _ in range(n)])
 
 
 def heldout_arithmetic(n: int = HELDOUT_SIZE, spec: ArithmeticSpec = ArithmeticSpec()) -> Dataset:

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+
+from llm_rl import GRPOConfig, GRPOTrainer
+from reward_models import RewardError, math_correctness
+
+
+def _config(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_batch_size=2,
+        num_generations=4,
+        max_completion_length=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+    )
+    base.update(overrides)
+    return GRPOConfig(**base)
+
+
+def _dataset():
+    from llm_rl.data import arithmetic_dataset
+
+    return arithmetic_dataset(16, seed=1)
+
+
+def _length_reward(prompts, completions, **kwargs):
+    """Different rewards inside a group, so advantages are non-zero."""
+    return [float(len(c)) for c in completions]
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_one_step_changes_policy_not_reference(tiny_model_dir, tmp_path):
+    trainer = GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset())
+    policy_before, reference_before = _params(trainer.unwrapped), _params(trainer.reference)
+    trainer.train()
+    changed = [n for n, p in trainer.unwrapped.named_parameters() if not torch.equal(p, policy_before[n])]
+    assert changed, "the policy did not move"
+    assert all(torch.equal(p, reference_before[n]) for n, p in trainer.reference.named_parameters())
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward_mean", "reward_std", "kl", "clip_fraction", "loss", "entropy", "completion_length",
+                "step_seconds", "tokens_per_second", "peak_memory_mb", "reward/_length_reward"):
+        assert key in rows[-1], key
+    assert rows[0]["num_processes"] == 1
+    assert (tmp_path / "out" / "final" / "model.safetensors").exists()
+
+
+def test_beta_zero_loads_no_reference(tiny_model_dir, tmp_path):
+    trainer = GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path, beta=0.0), train_dataset=_dataset())
+    assert trainer.reference is None
+    trainer.train()
+
+
+def test_all_equal_rewards_give_no_policy_gradient(tiny_model_dir, tmp_path):
+    constant = lambda prompts, completions, **kw: [1.0] * len(completions)  # noqa: E731
+    trainer = GRPOTrainer(
+        tiny_model_dir, [constant], args=_config(tmp_path, beta=0.0, max_grad_norm=0.0), train_dataset=_dataset()
+    )
+    before = _params(trainer.unwrapped)
+    metrics = trainer.training_step()
+    assert metrics["grad_norm"] == 0.0
+    assert all(torch.equal(p, before[n]) for n, p in trainer.unwrapped.named_parameters())
+
+
+def test_lora_trains_only_the_adapter_and_reference_is_the_base(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj")
+    trainer = GRPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset())
+    assert trainer.reference is None  # the adapter-disabled base serves as reference
+    before = _params(trainer.unwrapped)
+    trainer.train()
+    changed = {n for n, p in trainer.unwrapped.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert all(("lora_" in n) == p.requires_grad for n, p in trainer.unwrapped.named_parameters())
+    assert (tmp_path / "out" / "final" / "adapter_model.safetensors").exists()
+
+
+def test_chat_dataset_gives_reward_functions_message_lists(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+
+    seen = []
+
+    def spy(prompts, completions, answer, **kw):
+        seen.append((prompts[0], completions[0], answer[0]))
+        return [0.0 if i % 2 else 1.0 for i in range(len(completions))]
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "answer": str(i + 1)} for i in range(4)])
+    GRPOTrainer(tiny_model_dir, [spy], args=_config(tmp_path), train_dataset=data).train()
+    prompt, completion, answer = seen[0]
+    assert prompt[0]["role"] == "user"
+    assert isinstance(completion, list) and completion[0]["role"] == "assistant"
+    assert isinstance(completion[0]["content"], str)
+
+
+def test_a_failing_reward_names_itself(tiny_model_dir, tmp_path):
+    def broken_reward(prompts, completions, **kw):
+        raise KeyError("oops")
+
+    trainer = GRPOTrainer(tiny_model_dir, [broken_reward], args=_config(tmp_path), train_dataset=_dataset())
+    with pytest.raises(RewardError, match="broken_reward"):
+        trainer.train()
+
+
+def test_num_generations_below_two_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="num_generations"):
+        GRPOConfig(output_dir=str(tmp_path), num_generations=1)
+
+
+def test_math_reward_and_kl_in_reward_run(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, kl_in="reward", num_iterations=2, gradient_accumulation_steps=2, loss_aggregation="seq_mean")
+    summary = GRPOTrainer(tiny_model_dir, [math_correctness], args=config, train_dataset=_dataset()).train()
+    assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+
+
+def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
+    GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset()).train()
+    with pytest.raises(FileExistsError, match="overwrite_output_dir"):
+        GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset())
