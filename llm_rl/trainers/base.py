@@ -67,6 +67,9 @@ class BaseRLTrainer:
         checkpoint.check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
         use_bf16 = args.bf16 if args.bf16 is not None else (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         self.accelerator = Accelerator(
+            # Without an accelerator, cpu=True is what makes accelerate start gloo across the processes
+            # of `accelerate launch --multi_gpu`; left False, each process would train alone.
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             log_with=None if args.report_to == "none" else args.report_to,
             project_dir=args.output_dir,
             mixed_precision="bf16" if use_bf16 else "no",
