@@ -169,7 +169,8 @@ class BaseRLTrainer:
         return total.to(device), {k: v.to(device) for k, v in per_func.items()}
 
     def global_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(values.detach().float().clone(), reduction="sum")
+        # on the accelerator's device: NCCL reduces CUDA tensors only
+        return self.accelerator.reduce(values.detach().float().to(self.accelerator.device).clone(), reduction="sum")
 
     def optimizer_update(self) -> dict[str, float]:
         """Clip, then step — unless the gradient is NaN/inf, in which case the update is skipped."""
