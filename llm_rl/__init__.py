@@ -4,7 +4,7 @@
     GRPOTrainer(model="tiny", reward_funcs=[my_reward], args=GRPOConfig(), train_dataset=ds).train()
 """
 
-from llm_rl.trainers import GRPOConfig, GRPOTrainer, RLConfig
+from llm_rl.trainers import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer, RLConfig
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "RLConfig"]
+__all__ = ["GRPOConfig", "GRPOTrainer", "PPOConfig", "PPOTrainer", "RLConfig"]
 __version__ = "0.1.0"

@@ -32,6 +32,12 @@ class ScriptArguments:
     rewards: str = field(
         default="math_correctness", metadata={"help": f"Comma-separated reward functions from: {', '.join(REWARDS)}."}
     )
+    reward: str = field(
+        default="rule", metadata={"help": "'rule' (the --rewards functions) or the folder of a learned reward model."}
+    )
+    value_model: str | None = field(
+        default=None, metadata={"help": "PPO only: name or folder of a separate critic (default: a head on the policy)."}
+    )
     eval_size: int = field(default=200, metadata={"help": "Held-out problems for greedy accuracy (arithmetic and GSM8K)."})
 
 
@@ -43,7 +49,10 @@ def parse(config_class, defaults: dict | None = None, argv: list[str] | None = N
     return parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
 
 
-def reward_functions(names: str) -> list:
+def reward_functions(names: str, reward: str = "rule") -> list:
+    """The rule-based reward functions named in ``names``, or a learned reward model's folder."""
+    if reward != "rule":
+        return [reward]  # the trainer loads it as a reward_models.LearnedReward
     unknown = [n for n in names.split(",") if n.strip() not in REWARDS]
     if unknown:
         raise SystemExit(f"unknown reward {unknown}; choose from {sorted(REWARDS)} (or write your own, see README)")

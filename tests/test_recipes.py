@@ -38,3 +38,16 @@ def test_grpo_math_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--num_generations", "--beta", "--epsilon_high", "--loss_aggregation", "--dataset", "--model"):
         assert option in text
+
+
+def test_ppo_math_two_steps_writes_every_output(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    summary = _run_recipe(
+        "ppo_math",
+        ["--model", tiny_model_dir, "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "1",
+         "--eval_size", "8", "--per_device_batch_size", "2", "--num_generations", "2"],
+    )
+    assert summary["steps"] == 2
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"value_loss", "explained_variance", "kl_coef", "returns_mean"} <= set(row)
+    assert (out / "final" / "value_head.safetensors").exists() and (out / "reward_curve.png").exists()

@@ -5,12 +5,14 @@ from llm_rl.core.kl import AdaptiveKLController, FixedKLController, kl_penalized
 from llm_rl.core.logprobs import entropy_from_logits, selective_log_softmax
 from llm_rl.core.losses import aggregate_loss, aggregation_denominator, clipped_policy_loss, clipped_value_loss
 from llm_rl.core.masked import explained_variance, masked_mean, masked_var, masked_whiten
+from llm_rl.core.preference import bradley_terry_loss
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate_loss",
     "aggregation_denominator",
+    "bradley_terry_loss",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",

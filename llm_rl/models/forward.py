@@ -20,13 +20,15 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     output_hidden_states: bool = False,
+    entropy_grad: bool = False,
 ):
     """Log-probs `(B, C)` of the last ``C = completion_length`` tokens of ``input_ids`` `(B, P + C)`.
 
     Only the last ``C + 1`` positions go through the LM head (``logits_to_keep``), so the
     prompt never costs a `(P, V)` logits slice. Logits are divided by ``temperature`` as
     at sampling time, so these are the log-probs of the distribution that was sampled.
-    Returns ``(logprobs, entropy or None, last hidden states (B, C, H) or None)``.
+    Returns ``(logprobs, entropy or None, last hidden states (B, C, H) or None)``; the entropy
+    carries a gradient only with ``entropy_grad`` (for an entropy bonus), else it is a metric.
     """
     out = model(
         input_ids=input_ids,
@@ -42,7 +44,7 @@ def completion_logprobs(
     logprobs = selective_log_softmax(logits, input_ids[:, -completion_length:])  # (B, C)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())  # (B, C)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits if entropy_grad else logits.detach())  # (B, C)
     hidden = out.hidden_states[-1][:, -completion_length - 1 : -1, :] if output_hidden_states else None
     return logprobs, entropy, hidden

@@ -37,6 +37,15 @@ class Rollout:
     def completion_lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def model_inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(input_ids, attention_mask, C)`` for ``rows``, trimmed to the padding those rows need."""
+        prompt_mask, completion_mask = self.prompt_mask[rows], self.completion_mask[rows]
+        first = int(prompt_mask.any(0).int().argmax())  # leading columns that are padding in every row
+        width = max(int(completion_mask.sum(-1).max()), 1)
+        input_ids = torch.cat([self.prompt_ids[rows, first:], self.completion_ids[rows, :width]], dim=1)
+        attention_mask = torch.cat([prompt_mask[:, first:], completion_mask[:, :width]], dim=1)
+        return input_ids, attention_mask, width
+
 
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask `(B, C)` that is 1 up to and including the first EOS, and `(B,)` truncated flags."""

@@ -21,11 +21,13 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from llm_rl.data.prompts import is_chat, load_prompts, render_prompt
+from llm_rl.models.forward import completion_logprobs
 from llm_rl.models.loading import frozen_copy, load_causal_lm, load_tokenizer, resolve_model_path
 from llm_rl.trainers import checkpoint
 from llm_rl.trainers.config import RLConfig
 from llm_rl.trainers.logging import MetricsLogger, plot_reward_curve
 from llm_rl.trainers.prompt_stream import PromptStream
+from llm_rl.rollout import Rollout
 from reward_models import LearnedReward, compute_rewards
 
 
@@ -40,6 +42,11 @@ def _lora_config(args: RLConfig):
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
         task_type="CAUSAL_LM",
     )
+
+
+def row_chunks(rows: torch.Tensor, num_chunks: int) -> list[torch.Tensor]:
+    """``rows`` split into ``num_chunks`` equal micro-batches (the batch is built divisible)."""
+    return list(rows.chunk(num_chunks))
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -116,7 +123,12 @@ class BaseRLTrainer:
         )
 
         # --- optimisation ---
-        self.model, self.optimizer, self.scheduler = acc.prepare(policy, *self._optimizer_and_scheduler(policy))
+        trainable = self.wrap_policy(policy)
+        optimizer, self.scheduler = self._optimizer_and_scheduler(trainable)
+        # The scheduler stays unprepared: accelerate would step it once per process per update,
+        # and our schedule is counted in optimizer updates, the same on 1 or N processes.
+        self.model, self.optimizer = acc.prepare(trainable, optimizer)
+        acc.register_for_checkpointing(self.scheduler)
         if self.reference is not None:
             self.reference.to(acc.device)
         self.eval_fn = eval_fn
@@ -136,6 +148,17 @@ class BaseRLTrainer:
             num_training_steps=args.max_steps * self.updates_per_step(),
         )
         return optimizer, scheduler
+
+    def wrap_policy(self, policy):
+        """The module that is trained and sharded; PPO adds a value head here."""
+        return policy
+
+    lm_state_prefix = ""  # where the LM's weights sit in the trained module's state dict
+
+    @property
+    def lm(self):
+        """The unwrapped causal LM: what generates, is evaluated, and is saved to final/."""
+        return self.unwrapped
 
     def updates_per_step(self) -> int:
         """Optimizer updates per rollout step (GRPO: num_iterations; PPO: epochs x mini-batches)."""
@@ -168,9 +191,41 @@ class BaseRLTrainer:
         device = self.accelerator.device
         return total.to(device), {k: v.to(device) for k, v in per_func.items()}
 
+    @torch.no_grad()
+    def logprobs_no_grad(self, model, rollout: Rollout) -> torch.Tensor:
+        """One no-grad forward over the whole rollout, e.g. for reference or old-policy log-probs."""
+        width = rollout.completion_ids.shape[1]
+        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, width, self.args.temperature)[0]
+
+    def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
+        if not self.needs_reference:
+            return None
+        if self.is_peft:
+            with self.lm.disable_adapter():  # the base weights are the reference
+                return self.logprobs_no_grad(self.lm, rollout)
+        return self.logprobs_no_grad(self.reference, rollout)
+
     def global_sum(self, values: torch.Tensor) -> torch.Tensor:
         # on the accelerator's device: NCCL reduces CUDA tensors only
         return self.accelerator.reduce(values.detach().float().to(self.accelerator.device).clone(), reduction="sum")
+
+    def rollout_metrics(self, scores, per_func, rollout: Rollout, stats) -> dict[str, float]:
+        """Step metrics reduced over every process: rewards, lengths, and the means of ``stats``."""
+        acc = self.accelerator
+        all_scores = acc.gather(scores)
+        lengths = rollout.completion_lengths().float()
+        metrics = {
+            "reward_mean": all_scores.mean().item(),
+            "reward_std": all_scores.std().item() if all_scores.numel() > 1 else 0.0,
+            "completion_length": (self.global_sum(lengths.sum()) / self.global_sum(torch.tensor(float(lengths.numel())))).item(),
+            "truncated_fraction": self.global_sum(rollout.truncated.float().sum()).item() / all_scores.numel(),
+            "generated_tokens": self.global_sum(lengths.sum()).item(),
+        }
+        for name, values in per_func.items():
+            metrics[f"reward/{name}"] = torch.nanmean(acc.gather(values)).item()
+        for key, values in stats.items():
+            metrics[key] = (self.global_sum(torch.stack(values).mean()) / acc.num_processes).item()
+        return metrics
 
     def optimizer_update(self) -> dict[str, float]:
         """Clip, then step — unless the gradient is NaN/inf, in which case the update is skipped."""
@@ -197,7 +252,7 @@ class BaseRLTrainer:
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict[str, float]:
-        return dict(self.eval_fn(self.unwrapped, self.tokenizer)) if self.eval_fn else {}
+        return dict(self.eval_fn(self.lm, self.tokenizer)) if self.eval_fn else {}
 
     def train(self) -> dict:
         args, acc = self.args, self.accelerator
@@ -247,9 +302,10 @@ class BaseRLTrainer:
     def save_model(self, path: str | Path) -> None:
         """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter."""
         self.accelerator.wait_for_everyone()
-        model = self.unwrapped
-        state = self.accelerator.get_state_dict(self.model)
+        state = self.accelerator.get_state_dict(self.model)  # gathered, when the model is sharded
+        prefix = self.lm_state_prefix
+        lm_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if self.accelerator.is_main_process:
-            model.save_pretrained(path, state_dict=state, safe_serialization=True)
+            self.lm.save_pretrained(path, state_dict=lm_state, safe_serialization=True)
             self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()

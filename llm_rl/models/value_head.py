@@ -1,0 +1,60 @@
+"""A policy with a scalar value head, for PPO: shared backbone (one model copy) or a separate critic.
+
+The value of the state before completion token ``t`` is read from the hidden state at
+the position that predicts token ``t`` — the same positions the log-probs come from.
+The head is saved as ``value_head.safetensors`` beside the LM's own files, so
+``AutoModelForCausalLM.from_pretrained(folder)`` still loads the LM alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llm_rl.models.forward import completion_logprobs, position_ids_from_mask
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+class PolicyWithValue(nn.Module):
+    """``forward`` returns per-completion-token ``(logprobs, entropy, values)``, each `(B, C)`."""
+
+    def __init__(self, policy, critic=None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic  # None: the value head reads the policy's own last hidden state
+        hidden_size = (critic or policy).config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # values start at 0: no arbitrary baseline before training
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, completion_length: int, temperature: float = 1.0, entropy_grad: bool = False):
+        logprobs, entropy, hidden = completion_logprobs(
+            self.policy, input_ids, attention_mask, completion_length, temperature,
+            with_entropy=True, entropy_grad=entropy_grad, output_hidden_states=self.critic is None,
+        )
+        if self.critic is not None:
+            out = self.critic(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                output_hidden_states=True,
+                logits_to_keep=1,  # the critic's LM head output is never used
+                use_cache=False,
+            )
+            hidden = out.hidden_states[-1][:, -completion_length - 1 : -1, :]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, C)
+        return logprobs, entropy, values
+
+    def save_value_model(self, path: str | Path) -> None:
+        """Head weights (and a separate critic, when there is one) beside the policy's files."""
+        path = Path(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, path / VALUE_HEAD_FILE)
+        if self.critic is not None:
+            self.critic.save_pretrained(path / "critic", safe_serialization=True)
+
+    def load_value_head(self, path: str | Path) -> None:
+        self.value_head.load_state_dict(load_file(Path(path) / VALUE_HEAD_FILE))

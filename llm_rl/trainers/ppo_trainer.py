@@ -1,0 +1,171 @@
+"""PPO for language models with a value head (Ziegler et al. 2019; InstructGPT, arXiv 2203.02155).
+
+Each step: completions -> scores -> token-level rewards (the score on the last valid
+token, ``-kl_coef * KL`` on every token) -> values -> GAE -> whitened advantages ->
+``num_ppo_epochs`` passes of mini-batch updates of the clipped policy loss plus the
+clipped value loss. PPO-penalty is ``kl_controller="adaptive"``, optionally with
+``cliprange=None``. The math is in ``llm_rl.core``; this file only orders it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm_rl.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    aggregation_denominator,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+)
+from llm_rl.models.loading import load_causal_lm, resolve_model_path
+from llm_rl.models.value_head import PolicyWithValue
+from llm_rl.rollout import Rollout, generate_rollout
+from llm_rl.trainers.base import BaseRLTrainer, row_chunks
+from llm_rl.trainers.ppo_config import PPOConfig
+
+
+class PPOTrainer(BaseRLTrainer):
+    """``PPOTrainer(model, reward_funcs, args=PPOConfig(...), train_dataset=..., value_model=None, peft_config=None).train()``
+
+    ``reward_funcs`` are reward functions and/or paths of learned reward models.
+    ``value_model`` (a name or path) gives the critic its own backbone; by default the
+    value head sits on the policy's last hidden state (one model copy).
+    """
+
+    lm_state_prefix = "policy."
+
+    def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None, value_model=None, **kwargs):
+        args = args or PPOConfig()
+        self.value_model_name = value_model
+        self.needs_reference = args.kl_coef > 0 or args.kl_controller == "adaptive"
+        self.kl_controller = (
+            AdaptiveKLController(args.kl_coef, args.target_kl, args.horizon)
+            if args.kl_controller == "adaptive"
+            else FixedKLController(args.kl_coef)
+        )
+        super().__init__(model, reward_funcs, args, train_dataset, **kwargs)
+
+    # ------------------------------------------------------------------ setup hooks
+    def wrap_policy(self, policy):
+        critic = None
+        if self.value_model_name is not None:
+            critic = load_causal_lm(resolve_model_path(self.value_model_name), trust_remote_code=self.args.trust_remote_code)
+        return PolicyWithValue(policy, critic)
+
+    @property
+    def lm(self):
+        return self.unwrapped.policy
+
+    def updates_per_step(self) -> int:
+        return self.args.num_ppo_epochs * self.args.num_mini_batches
+
+    def extra_state(self) -> dict:
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.kl_controller.load_state_dict(state["kl_controller"])
+
+    def save_model(self, path) -> None:
+        super().save_model(path)
+        if self.accelerator.is_main_process:
+            self.unwrapped.save_value_model(path)
+
+    # ------------------------------------------------------------------ the step
+    def scores_with_penalties(self, scores: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        args = self.args
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * rollout.truncated.float()
+        if args.reward_clip is not None:
+            scores = scores.clamp(-args.reward_clip, args.reward_clip)
+        return scores
+
+    def training_step(self) -> dict[str, float]:
+        args, acc = self.args, self.accelerator
+
+        # 1. rollout
+        prompts, texts, columns, seeds = self.next_prompts()
+        rollout = generate_rollout(
+            self.lm, self.tokenizer, texts, seeds, args.num_generations, args.max_completion_length,
+            args.temperature, args.top_p, args.top_k, args.min_completion_length,
+        )
+        mask = rollout.completion_mask.clone()
+        if args.mask_truncated_completions:
+            mask[rollout.truncated] = 0
+
+        # 2. score
+        raw_scores, per_func = self.score(prompts, rollout.completion_ids, columns, args.num_generations)
+        scores = self.scores_with_penalties(raw_scores, rollout)
+
+        # 3. log-probs and values of the rollout policy, reference log-probs
+        with torch.no_grad():
+            width = rollout.completion_ids.shape[1]
+            old_logprobs, _, old_values = self.unwrapped(rollout.input_ids, rollout.attention_mask, width, args.temperature)
+            ref_logprobs = self.reference_logprobs(rollout)
+            if ref_logprobs is None:
+                ref_logprobs = old_logprobs  # kl_coef == 0: no penalty, no reference model
+
+            # 4. token-level KL-penalised rewards, GAE, whitened advantages
+            kl_coef = self.kl_controller.value
+            rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, args.kl_estimator)
+            if args.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, old_values, mask, args.gamma, args.lam)
+            advantages = masked_whiten(advantages, mask)
+            sequence_kl = (kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator) * mask).sum(-1)  # (B,)
+
+        # 5. epochs x mini-batches (x micro-batches accumulated into one update)
+        stats: dict[str, list] = {}
+        order = torch.Generator().manual_seed(args.seed * 7919 + self.step)
+        rows_total = len(scores)
+        for _ in range(args.num_ppo_epochs):
+            permutation = torch.randperm(rows_total, generator=order).to(scores.device)
+            for mini_batch in row_chunks(permutation, args.num_mini_batches):
+                denominator = self.global_sum(aggregation_denominator(mask[mini_batch], "token_mean")) / acc.num_processes
+                for micro in row_chunks(mini_batch, args.gradient_accumulation_steps):
+                    self._accumulate(stats, rollout, micro, mask, old_logprobs, old_values, advantages, returns, denominator)
+                stats.setdefault("grad_norm", []).append(torch.tensor(self.optimizer_update()["grad_norm"]))
+            epoch_kl = self.global_sum(torch.stack(stats["approx_kl"][-args.num_mini_batches * args.gradient_accumulation_steps :]).mean())
+            if args.max_approx_kl is not None and epoch_kl.item() / acc.num_processes > args.max_approx_kl:
+                break  # the policy moved too far from the rollout policy: stop re-using this batch
+
+        # 6. KL controller (PPO-penalty), metrics
+        mean_kl = self.global_sum(sequence_kl.sum()).item() / self.global_sum(torch.tensor(float(rows_total))).item()
+        self.kl_controller.update(mean_kl, n_steps=int(self.global_sum(torch.tensor(float(rows_total))).item()))
+        metrics = self.rollout_metrics(raw_scores, per_func, rollout, stats)
+        metrics.update(
+            kl=mean_kl,
+            kl_coef=kl_coef,
+            returns_mean=(self.global_sum((returns * mask).sum()) / self.global_sum(mask.sum())).item(),
+            explained_variance=explained_variance(old_values, returns, mask).item(),
+        )
+        return metrics
+
+    def _accumulate(self, stats, rollout, rows, mask, old_logprobs, old_values, advantages, returns, denominator):
+        """Forward + backward of one micro-batch (indices ``rows``) into the running stats."""
+        args = self.args
+        input_ids, attention_mask, width = rollout.model_inputs(rows)
+        logprobs, entropy, values = self.model(
+            input_ids, attention_mask, width, args.temperature, entropy_grad=args.entropy_coef > 0
+        )
+        m = mask[rows, :width]
+        policy_loss, policy_stats = clipped_policy_loss(
+            logprobs, old_logprobs[rows, :width], advantages[rows, :width], m, args.cliprange, None, "token_mean"
+        )
+        value_loss, value_stats = clipped_value_loss(
+            values, old_values[rows, :width], returns[rows, :width], m, args.cliprange_value
+        )
+        entropy_mean = masked_mean(entropy, m)
+        loss = policy_loss + args.vf_coef * value_loss - args.entropy_coef * entropy_mean
+        weight = aggregation_denominator(m, "token_mean") / denominator
+        self.accelerator.backward(loss * weight)
+        values_stats = {**policy_stats, **value_stats, "policy_loss": policy_loss, "value_loss": value_loss,
+                        "loss": loss, "entropy": entropy_mean}
+        for key, value in values_stats.items():
+            stats.setdefault(key, []).append(value.detach().float())

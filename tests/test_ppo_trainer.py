@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llm_rl import PPOConfig, PPOTrainer
+from llm_rl.models.value_head import PolicyWithValue
+
+
+def _config(tmp_path, **overrides):
+    base = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_batch_size=2, num_generations=2,
+                max_completion_length=4, learning_rate=1e-2, num_ppo_epochs=2, num_mini_batches=2)
+    base.update(overrides)
+    return PPOConfig(**base)
+
+
+def _dataset():
+    from llm_rl.data import arithmetic_dataset
+
+    return arithmetic_dataset(16, seed=1)
+
+
+def _length_reward(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+def test_value_head_shape_and_padding_independence(tiny_model_dir, tiny_tokenizer):
+    model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    torch.nn.init.normal_(model.value_head.weight)  # a non-zero head, so the check can fail
+    ids = tiny_tokenizer(["What is 1 + 2? Answer: 3", "What is 10 * 9? Answer: 90"], return_tensors="pt", padding=True)
+    logprobs, entropy, values = model(ids["input_ids"], ids["attention_mask"], completion_length=2)
+    assert values.shape == logprobs.shape == entropy.shape == (2, 2)
+    single = tiny_tokenizer(["What is 1 + 2? Answer: 3"], return_tensors="pt")
+    _, _, alone = model(single["input_ids"], single["attention_mask"], completion_length=2)
+    assert torch.allclose(values[0], alone[0], atol=1e-5)  # left padding does not change the values
+
+
+def test_one_ppo_step_moves_policy_and_value_head_and_saves_both(tiny_model_dir, tmp_path):
+    trainer = PPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset())
+    policy_before = {n: p.clone() for n, p in trainer.lm.named_parameters()}
+    head_before = trainer.unwrapped.value_head.weight.clone()
+    reference_before = {n: p.clone() for n, p in trainer.reference.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(p, policy_before[n]) for n, p in trainer.lm.named_parameters())
+    assert not torch.equal(trainer.unwrapped.value_head.weight, head_before)
+    assert all(torch.equal(p, reference_before[n]) for n, p in trainer.reference.named_parameters())
+    final = tmp_path / "out" / "final"
+    reloaded = AutoModelForCausalLM.from_pretrained(final)  # the LM part alone
+    assert torch.equal(reloaded.lm_head.weight, trainer.lm.lm_head.weight)
+    head = PolicyWithValue(reloaded)
+    head.load_value_head(final)
+    assert torch.equal(head.value_head.weight, trainer.unwrapped.value_head.weight)
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("value_loss", "explained_variance", "kl_coef", "returns_mean", "clip_fraction", "reward_mean"):
+        assert key in row, key
+
+
+def test_adaptive_controller_raises_kl_coef_when_kl_stays_above_target(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, max_steps=4, kl_controller="adaptive", target_kl=1e-6, horizon=10.0, kl_estimator="k3")
+    trainer = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset())
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    coefs = [r["kl_coef"] for r in rows if "kl_coef" in r]
+    kls = [r["kl"] for r in rows if "kl_coef" in r]
+    assert coefs[0] == pytest.approx(0.05)
+    # step 1 samples from the reference itself (KL 0 < target: the coefficient shrinks once);
+    # from then on KL stays above the tiny target and every update raises it by 1 + 0.2 * 4 / 10
+    assert all(kl > 1e-6 for kl in kls[1:])
+    assert all(b == pytest.approx(a * 1.08, rel=1e-4) for a, b in zip(coefs[1:], coefs[2:]))  # logs keep 6 decimals
+    assert trainer.kl_controller.value > coefs[-1]
+
+
+def test_ppo_penalty_without_clipping_runs(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, cliprange=None, kl_controller="adaptive", entropy_coef=0.01)
+    summary = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset()).train()
+    assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+
+
+def test_separate_critic_and_one_completion_per_prompt(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, num_generations=1, num_mini_batches=1, missing_eos_penalty=1.0)
+    trainer = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset(), value_model=tiny_model_dir)
+    critic_before = {n: p.clone() for n, p in trainer.unwrapped.critic.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(p, critic_before[n]) for n, p in trainer.unwrapped.critic.named_parameters())
+    assert (tmp_path / "out" / "final" / "critic" / "config.json").exists()
+
+
+def test_lora_ppo_trains_adapter_and_value_head_only(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, use_peft=True, lora_r=4, lora_target_modules="q_proj,v_proj")
+    trainer = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset())
+    assert trainer.reference is None
+    trainable = {n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
+    trainer.train()
