@@ -144,12 +144,12 @@ class RewardModelConfig:
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of distinct prompts held out (with all their pairs) for pairwise accuracy; 0 = none."}
     )
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (linear warm-up, then linear decay)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (linear warm-up, then linear decay)."})
     warmup_steps: int = field(default=50, metadata={"help": "Steps of linear learning-rate warm-up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 = no clipping."})
     per_device_batch_size: int = field(default=32, metadata={"help": "Pairs per process per step."})
-    num_epochs: int = field(default=3, metadata={"help": "Passes over the training pairs (unless --max_steps is set)."})
+    num_epochs: int = field(default=2, metadata={"help": "Passes over the training pairs (unless --max_steps is set)."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, train this many steps instead of --num_epochs."})
     max_length: int = field(
         default=512,
@@ -159,6 +159,7 @@ class RewardModelConfig:
     output_dir: str = field(default="outputs/reward_model", metadata={"help": "Where metrics.jsonl, eval.json and final/ go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the results of an earlier run in output_dir."})
     logging_steps: int = field(default=10, metadata={"help": "Write a metrics.jsonl line (means since the last line) every N steps."})
+    eval_steps: int = field(default=200, metadata={"help": "Log held-out pairwise accuracy every N steps; 0 = only before and after."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
     def __post_init__(self):
@@ -171,6 +172,7 @@ class RewardModelConfig:
             (self.max_length >= 2, f"max_length must be >= 2 tokens, got {self.max_length}"),
             (self.dataset != "arithmetic" or self.num_pairs >= 2, f"num_pairs must be >= 2, got {self.num_pairs}"),
             (self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}"),
+            (self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = no evaluation during training), got {self.eval_steps}"),
             (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.max_grad_norm >= 0,
              "warmup_steps, weight_decay and max_grad_norm must be >= 0"),
         ]  # fmt: skip
@@ -288,10 +290,13 @@ def train_reward_model(config: RewardModelConfig) -> dict:
 
             # mean over processes of this step's loss and stats; the logged line averages the window
             window.append(accelerator.reduce(torch.stack([loss.detach(), *stats.values()]), reduction="mean"))
-            if step % config.logging_steps == 0 or step == total_steps:
+            evaluate_now = eval_pairs is not None and config.eval_steps > 0 and step % config.eval_steps == 0
+            if step % config.logging_steps == 0 or step == total_steps or evaluate_now:
                 loss_mean, accuracy, margin_mean = torch.stack(window).mean(0).tolist()
                 line = {"step": step, "loss": loss_mean, "accuracy": accuracy, "margin_mean": margin_mean,
                         "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
+                if evaluate_now:
+                    line["eval_pairwise_accuracy"] = pairwise_accuracy(accelerator.unwrap_model(model), *eval_args)
                 if accelerator.is_main_process:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in line.items()}) + "\n")

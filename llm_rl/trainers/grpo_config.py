@@ -17,7 +17,10 @@ class GRPOConfig(RLConfig):
         default=3e-4,
         metadata={"help": "AdamW learning rate (3e-4 suits the ~1M-parameter tiny model; use ~1e-6 for 0.5B+ full fine-tuning)."},
     )
-    max_steps: int = field(default=1500, metadata={"help": "Rollout steps to train for."})
+    max_steps: int = field(default=1200, metadata={"help": "Rollout steps to train for."})
+    per_device_batch_size: int = field(
+        default=32, metadata={"help": "Prompts per process per micro-batch (each gets num_generations completions)."}
+    )
     num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt: the group size G (>= 2)."})
     beta: float = field(
         default=0.04,
