@@ -126,7 +126,10 @@ def split_by_prompt(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[
 class RewardModelConfig:
     """Settings of ``train_reward_model`` and ``recipes/train_reward_model.py``.
 
-    The defaults train the embedded tiny model on arithmetic pairs in a few minutes on a CPU.
+    The defaults train the embedded tiny model on arithmetic pairs in about a minute on one CPU
+    thread: held-out pairwise accuracy (on prompts unseen in training) 47% -> 74%. Longer or
+    faster training raised training accuracy (to 94%) but lowered held-out accuracy (70%, 58%):
+    this small a model memorises the training prompts rather than learning to check sums.
     """
 
     model: str = field(
@@ -140,12 +143,12 @@ class RewardModelConfig:
                           "with prompt, chosen and rejected columns (strings or chats)."},
     )
     dataset_split: str = field(default="train", metadata={"help": "Split to read (hub datasets and folders)."})
-    num_pairs: int = field(default=20000, metadata={"help": "Pairs generated when --dataset arithmetic."})
+    num_pairs: int = field(default=8000, metadata={"help": "Pairs generated when --dataset arithmetic."})
     eval_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of distinct prompts held out (with all their pairs) for pairwise accuracy; 0 = none."}
     )
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate (linear warm-up, then linear decay)."})
-    warmup_steps: int = field(default=50, metadata={"help": "Steps of linear learning-rate warm-up."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate (linear warm-up, then linear decay)."})
+    warmup_steps: int = field(default=20, metadata={"help": "Steps of linear learning-rate warm-up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 = no clipping."})
     per_device_batch_size: int = field(default=32, metadata={"help": "Pairs per process per step."})
