@@ -71,3 +71,13 @@ def test_explained_variance():
     values = torch.tensor([[1.0, 1.0, 2.0, 0.0]])  # R - V = [0, 1, 1], var 1/3; Var[R] = 1
     assert explained_variance(values, returns, mask).item() == pytest.approx(1 - 1 / 3)
     assert math.isnan(explained_variance(returns, torch.ones_like(returns), mask).item())
+
+
+def test_masked_whiten_with_given_statistics_matches_its_own():
+    torch.manual_seed(0)
+    x, mask = torch.randn(3, 5), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    own = masked_whiten(x, mask)
+    given = masked_whiten(x, mask, mean_var=(masked_mean(x, mask), masked_var(x, mask)))
+    assert torch.allclose(own, given)
+    shifted = masked_whiten(x, mask, mean_var=(torch.tensor(0.0), torch.tensor(1.0)))
+    assert torch.allclose(shifted, x * mask, atol=1e-6)

@@ -48,16 +48,21 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    mean_var: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Normalise the valid entries of `x` to unit variance (and zero mean).
 
     Shapes: `x`, `mask` `(B, T)` -> `(B, T)`.
     Formula: `(x - mean) / sqrt(var + eps)` with the masked, Bessel-corrected
     `var`; with `shift_mean=False` the mean is added back (scale only, as TRL
-    does for rewards). Output is 0 where `mask` is 0.
+    does for rewards). Output is 0 where `mask` is 0. `mean_var` passes
+    statistics computed elsewhere, e.g. over every data-parallel shard.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = mean_var if mean_var is not None else (masked_mean(x, mask), masked_var(x, mask))
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

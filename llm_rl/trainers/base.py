@@ -227,6 +227,14 @@ class BaseRLTrainer:
             metrics[key] = (self.global_sum(torch.stack(values).mean()) / acc.num_processes).item()
         return metrics
 
+    def global_mean_var(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked mean and Bessel-corrected variance of ``x`` over every process's valid entries."""
+        m = mask.float()
+        count = self.global_sum(m.sum())
+        mean = self.global_sum((x * m).sum()) / count
+        var = self.global_sum((((x - mean) * m) ** 2).sum()) / (count - 1).clamp_min(1)
+        return mean, var
+
     def optimizer_update(self) -> dict[str, float]:
         """Clip, then step — unless the gradient is NaN/inf, in which case the update is skipped."""
         max_norm = self.args.max_grad_norm or float("inf")

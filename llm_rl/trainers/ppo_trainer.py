@@ -114,10 +114,11 @@ class PPOTrainer(BaseRLTrainer):
             # 4. token-level KL-penalised rewards, GAE, whitened advantages
             kl_coef = self.kl_controller.value
             rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, args.kl_estimator)
+            # whitening statistics are global, so N processes whiten exactly as one would
             if args.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False)
+                rewards = masked_whiten(rewards, mask, shift_mean=False, mean_var=self.global_mean_var(rewards, mask))
             advantages, returns = gae(rewards, old_values, mask, args.gamma, args.lam)
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, mean_var=self.global_mean_var(advantages, mask))
             sequence_kl = (kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator) * mask).sum(-1)  # (B,)
 
         # 5. epochs x mini-batches (x micro-batches accumulated into one update)
