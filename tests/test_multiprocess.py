@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_grpo_math_runs_as_two_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"),
         str(ROOT / "recipes" / "grpo_math.py"), "--model", tiny_model_dir, "--output_dir", str(out),
         "--max_steps", "2", "--eval_size", "8", "--per_device_batch_size", "2", "--num_generations", "2",
     ]

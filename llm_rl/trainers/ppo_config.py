@@ -21,7 +21,7 @@ class PPOConfig(RLConfig):
     learning_rate: float = field(
         default=1e-4, metadata={"help": "AdamW learning rate, policy and value head (3e-4 made the tiny model's accuracy dip first)."}
     )
-    max_steps: int = field(default=1000, metadata={"help": "Rollout steps to train for."})
+    max_steps: int = field(default=600, metadata={"help": "Rollout steps to train for."})
     per_device_batch_size: int = field(default=16, metadata={"help": "Prompts per process per micro-batch."})
     num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (1 is classic PPO)."})
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
