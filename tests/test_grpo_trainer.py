@@ -121,3 +121,10 @@ def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
     GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset()).train()
     with pytest.raises(FileExistsError, match="overwrite_output_dir"):
         GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path), train_dataset=_dataset())
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path, report_to="tensorboard"), train_dataset=_dataset()).train()
+    events = list((tmp_path / "out").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
