@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import resource
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -262,7 +264,26 @@ class BaseRLTrainer:
     def evaluate(self) -> dict[str, float]:
         return dict(self.eval_fn(self.lm, self.tokenizer)) if self.eval_fn else {}
 
+    def _interrupt_requested(self) -> bool:
+        """True on every process once any process got SIGINT, so they all checkpoint together."""
+        flag = torch.tensor(float(self._sigint_received), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "max").item())
+
     def train(self) -> dict:
+        """Train to ``max_steps``; Ctrl-C (SIGINT) finishes the current step, checkpoints and returns."""
+        self._sigint_received = False
+        handler_installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if handler_installed else None
+        try:
+            return self._train()
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._sigint_received = True
+
+    def _train(self) -> dict:
         args, acc = self.args, self.accelerator
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         if args.report_to != "none":
@@ -294,6 +315,12 @@ class BaseRLTrainer:
             if args.save_steps and self.step % args.save_steps == 0:
                 checkpoint.save(self)
             logger.advance()
+            if self._interrupt_requested():
+                logger.close()
+                path = checkpoint.save(self)
+                print(f"interrupted: saved {path}; continue with --resume_from_checkpoint latest")
+                acc.end_training()
+                return {"steps": self.step, "interrupted": True, "checkpoint": str(path)}
         logger.close()
         after = self.evaluate()
         self.save_model(Path(args.output_dir) / "final")
