@@ -128,3 +128,17 @@ def test_report_to_tensorboard_writes_event_files(tiny_model_dir, tmp_path):
     GRPOTrainer(tiny_model_dir, [_length_reward], args=_config(tmp_path, report_to="tensorboard"), train_dataset=_dataset()).train()
     events = list((tmp_path / "out").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_masking_truncated_completions_removes_them_from_the_loss(tiny_model_dir, tmp_path):
+    # one-token completions of a random model almost never end in EOS: every row is truncated
+    config = _config(tmp_path, max_completion_length=1, min_completion_length=1, mask_truncated_completions=True, beta=0.0)
+    trainer = GRPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset())
+    metrics = trainer.training_step()
+    assert metrics["truncated_fraction"] == 1.0
+    assert metrics["grad_norm"] == 0.0
+    unmasked = GRPOTrainer(
+        tiny_model_dir, [_length_reward], args=_config(tmp_path / "b", max_completion_length=1, min_completion_length=1, beta=0.0),
+        train_dataset=_dataset(),
+    )
+    assert unmasked.training_step()["grad_norm"] > 0.0
