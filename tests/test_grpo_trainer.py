@@ -15,6 +15,8 @@ def _config(tmp_path, **overrides):
         num_generations=4,
         max_completion_length=4,
         learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        warmup_steps=0,  # the default warm-up would make a one-step run's learning rate 0
         logging_steps=1,
     )
     base.update(overrides)
