@@ -58,7 +58,7 @@ class PPOConfig(RLConfig):
         _check(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
         _check(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}")
         _check(self.cliprange is None or 0 < self.cliprange < 1, f"cliprange must be in (0, 1) or None, got {self.cliprange}")
-        _check(self.cliprange_value is None or self.cliprange_value > 0, f"cliprange_value must be > 0 or None")
+        _check(self.cliprange_value is None or self.cliprange_value > 0, "cliprange_value must be > 0 or None")
         _check(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
         _check(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
         _check(self.kl_controller in ("fixed", "adaptive"), f"kl_controller must be fixed or adaptive, got {self.kl_controller!r}")
