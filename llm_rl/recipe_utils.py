@@ -9,6 +9,7 @@ from transformers import HfArgumentParser
 
 from llm_rl.data import heldout_arithmetic, load_gsm8k, load_task
 from llm_rl.data.arithmetic import greedy_accuracy
+from llm_rl.trainers.config import ConfigError
 from reward_models import format_reward, make_length_penalty, math_correctness
 
 REWARDS = {
@@ -46,7 +47,10 @@ def parse(config_class, defaults: dict | None = None, argv: list[str] | None = N
     parser = HfArgumentParser((ScriptArguments, config_class))
     if defaults:
         parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    try:
+        return parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    except ConfigError as error:  # an argparse-style one-line error, not a traceback from inside the dataclass
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def reward_functions(names: str, reward: str = "rule") -> list:

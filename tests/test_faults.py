@@ -1,14 +1,21 @@
-"""Faults: Ctrl-C mid-run checkpoints and exits cleanly, and the run resumes from there."""
+"""Faults: Ctrl-C mid-run checkpoints and exits cleanly, and the run resumes from there;
+SIGKILL in the middle of a checkpoint save and a full disk while saving leave the previous
+checkpoint as the one ``--resume_from_checkpoint latest`` picks."""
 
+import errno
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from llm_rl.trainers.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +45,110 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly_then_resumes(tiny_model_dir
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps[-1] == stopped_at + 2
+
+
+def _recipe_args(model_dir, out, *more):
+    return [str(ROOT / "recipes" / "grpo_math.py"), "--model", model_dir, "--output_dir", str(out), "--eval_steps", "0",
+            "--eval_size", "4", "--per_device_batch_size", "2", "--num_generations", "2", "--save_steps", "1", *more]
+
+
+# Runs the recipe with accelerate's file writer patched: the weights of checkpoint-2 are left
+# half-written, then the process signals the test and waits there to be killed.
+STALL_IN_SAVE = textwrap.dedent("""
+    import runpy, sys, time
+    from pathlib import Path
+    import accelerate.checkpointing as ckpt
+
+    real_save, marker = ckpt.save, Path(sys.argv.pop(1))
+
+    def stalling_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if ".tmp-checkpoint-2" in str(f) and str(f).endswith(".safetensors"):
+            size = Path(f).stat().st_size
+            with open(f, "r+b") as file:
+                file.truncate(size // 2)
+            marker.touch()
+            time.sleep(600)
+
+    ckpt.save = stalling_save
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_for_resume(tiny_model_dir, tmp_path):
+    out, marker, child = tmp_path / "run", tmp_path / "in-save", tmp_path / "stall_in_save.py"
+    child.write_text(STALL_IN_SAVE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, str(child), str(marker), *_recipe_args(tiny_model_dir, out, "--max_steps", "3")],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not marker.exists() and run.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), run.communicate(timeout=30)[1][-2000:]
+    run.kill()  # SIGKILL: no handler, no cleanup
+    run.communicate(timeout=30)
+    assert run.returncode == -signal.SIGKILL
+
+    half_written = out / ".tmp-checkpoint-2"
+    assert half_written.exists() and not (half_written / "trainer_state.json").exists()
+    assert not (out / "checkpoint-2").exists()
+    assert latest_checkpoint(out).name == "checkpoint-1"
+
+    resumed = subprocess.run([sys.executable, *_recipe_args(tiny_model_dir, out, "--max_steps", "3", "--resume_from_checkpoint", "latest")],
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert latest_checkpoint(out).name == "checkpoint-3"
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s > 0] == [1, 2, 3]  # step 2 was redone once, not logged twice
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_full_disk_while_saving_gives_a_clear_error_and_keeps_the_previous_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    import accelerate.checkpointing
+
+    from llm_rl import GRPOConfig, GRPOTrainer
+    from llm_rl.data import arithmetic_dataset
+
+    def config(**more):
+        return GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=3, save_steps=1, per_device_batch_size=2,
+                          num_generations=2, max_completion_length=4, **more)
+
+    def reward(prompts, completions, **kwargs):
+        return [float(len(c) % 3) for c in completions]
+
+    real_save, before = accelerate.checkpointing.save, {}
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        # checkpoint-2: the weights fit, the optimizer state runs out of space half-way through its file
+        if ".tmp-checkpoint-2" in str(f) and str(f).endswith("optimizer.bin"):
+            before.update(_hashes(tmp_path / "run" / "checkpoint-1"))
+            Path(f).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", disk_fills_up)
+    trainer = GRPOTrainer(tiny_model_dir, [reward], args=config(), train_dataset=arithmetic_dataset(16, seed=0))
+    with pytest.raises(OSError) as caught:
+        trainer.train()
+    assert caught.value.errno == errno.ENOSPC
+    assert "Could not write checkpoint-2" in str(caught.value)
+    assert "No space left on device" in str(caught.value)
+    assert "checkpoint-1 is intact and --resume_from_checkpoint latest resumes from it. Free disk space" in str(caught.value)
+
+    out = tmp_path / "run"
+    assert not list(out.glob(".tmp-*")) and not (out / "checkpoint-2").exists()  # the partial folder was removed
+    assert latest_checkpoint(out).name == "checkpoint-1"
+    assert before and _hashes(out / "checkpoint-1") == before  # not a byte of it changed
+
+    monkeypatch.undo()  # space freed: the run resumes from checkpoint-1 and finishes
+    resumed = GRPOTrainer(tiny_model_dir, [reward], args=config(resume_from_checkpoint="latest"),
+                          train_dataset=arithmetic_dataset(16, seed=0))
+    assert resumed.train()["steps"] == 3
+    assert latest_checkpoint(out).name == "checkpoint-3"

@@ -56,7 +56,10 @@ def group_advantages(
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 to compare completions, got {group_size}")
     if rewards.numel() % group_size != 0:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+        raise ValueError(
+            f"{rewards.numel()} rewards do not split into whole groups of {group_size}: pass all {group_size} "
+            f"rewards of every prompt, one group after another ({group_size} x the number of prompts)"
+        )
 
     grouped = rewards.view(-1, group_size)  # (N, G)
     advantages = grouped - grouped.mean(dim=1, keepdim=True)  # (N, G)

@@ -27,11 +27,32 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+def _load_error(what: str, name_or_path) -> OSError:
+    """One paragraph for a model or tokenizer that could not be loaded, instead of the hub client's traceback."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+    hint = " The hub is unreachable (HF_HUB_OFFLINE is set) and it is not in the local cache." if offline else ""
+    return OSError(
+        f"Could not load {what} from {name_or_path!r}.{hint} Pass a local folder saved with save_pretrained, "
+        f"a hub name already in the local cache, or 'tiny' for the embedded model."
+    )
+
+
+def use_eos_for_padding(tokenizer, name: str = "the tokenizer"):
+    """``tokenizer`` with a pad token: its EOS, with a warning, when it has none (as TRL does)."""
     if tokenizer.pad_token is None:
-        warnings.warn(f"tokenizer of {name_or_path!r} has no pad token; using its EOS token {tokenizer.eos_token!r} for padding")
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{name} has neither a pad token nor an EOS token; set tokenizer.pad_token before training.")
+        warnings.warn(f"{name} has no pad token; using its EOS token {tokenizer.eos_token!r} for padding", stacklevel=2)
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise _load_error("a tokenizer", name_or_path) from err
+    use_eos_for_padding(tokenizer, f"tokenizer of {name_or_path!r}")
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
     return tokenizer
 
@@ -42,12 +63,7 @@ def load_causal_lm(model, trust_remote_code: bool = False, dtype: torch.dtype | 
     try:
         return AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code, dtype=dtype)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = " The hub is unreachable (HF_HUB_OFFLINE is set)." if offline else ""
-        raise OSError(
-            f"Could not load a causal LM from {model!r}.{hint} Pass a local folder saved with save_pretrained, "
-            f"a hub name already in the local cache, or 'tiny' for the embedded model."
-        ) from err
+        raise _load_error("a causal LM", model) from err
 
 
 def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -1,4 +1,4 @@
-"""The embedded default model, built offline: a tiny tokenizer and a ~1M-parameter Qwen2.
+"""The embedded default model, built offline: a tiny tokenizer and a ~4M-parameter Qwen2.
 
 Nothing here touches a model hub. ``ensure_tiny_model()`` builds once into a cache
 folder and re-uses it; the result loads like any hub model::
@@ -32,7 +32,7 @@ from transformers import Qwen2ForCausalLM
 from llm_rl.data.arithmetic import arithmetic_dataset, greedy_accuracy, make_problem
 
 PAD, EOS, BOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|bos|>", "<|im_start|>", "<|im_end|>"
-TINY_VERSION = "tiny-arith-v2"  # bump when the recipe below changes, so old caches are not re-used
+TINY_VERSION = "tiny-arith-v3"  # bump when the recipe below changes, so old caches are not re-used
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -93,8 +93,13 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_config(tokenizer, hidden_size: int = 128, num_layers: int = 4, **overrides) -> Qwen2Config:
-    """A Qwen2 config sized by ``hidden_size``/``num_layers``; ``overrides`` go to ``Qwen2Config``."""
+def tiny_config(tokenizer, hidden_size: int = 256, num_layers: int = 4, **overrides) -> Qwen2Config:
+    """A Qwen2 config sized by ``hidden_size``/``num_layers``; ``overrides`` go to ``Qwen2Config``.
+
+    Width 256 (4.1M parameters), not 128 (1.1M): the narrower model needed ~700 supervised
+    steps to reach 35% and RL from it levelled off near 62%, while this one learns the
+    task several times faster in both phases for about twice the cost per step.
+    """
     kwargs = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -147,7 +152,7 @@ def warm_start(
     target_accuracy: float = 0.35,
     max_steps: int = 1500,
     batch_size: int = 64,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 1e-3,
     eval_every: int = 25,
     log=print,
 ) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -29,6 +30,9 @@ class PolicyWithValue(nn.Module):
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # values start at 0: no arbitrary baseline before training
         nn.init.zeros_(self.value_head.bias)
+        # the blocks FSDP shards one by one (accelerate's auto-wrap reads this, as on a transformers model)
+        blocks = [getattr(m, "_no_split_modules", None) or [] for m in (policy, critic) if m is not None]
+        self._no_split_modules = sorted({name for names in blocks for name in names})
 
     def forward(self, input_ids, attention_mask, completion_length: int, temperature: float = 1.0, entropy_grad: bool = False):
         logprobs, entropy, hidden = completion_logprobs(
@@ -45,15 +49,24 @@ class PolicyWithValue(nn.Module):
                 use_cache=False,
             )
             hidden = out.hidden_states[-1][:, -completion_length - 1 : -1, :]
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, C)
+        # The head runs in its own dtype (float32) even under bf16 autocast: values are regression
+        # targets, and bf16 keeps only ~3 significant digits of them.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B, C)
         return logprobs, entropy, values
 
-    def save_value_model(self, path: str | Path) -> None:
-        """Head weights (and a separate critic, when there is one) beside the policy's files."""
+    def save_value_model(self, path: str | Path, state_dict: dict | None = None) -> None:
+        """Head weights (and a separate critic, when there is one) beside the policy's files.
+
+        ``state_dict``: this module's full state, when its own parameters are shards (FSDP, ZeRO-3).
+        """
         path = Path(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, path / VALUE_HEAD_FILE)
+        state = state_dict if state_dict is not None else self.state_dict()
+        head = {k[len("value_head.") :]: v for k, v in state.items() if k.startswith("value_head.")}
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, path / VALUE_HEAD_FILE)
         if self.critic is not None:
-            self.critic.save_pretrained(path / "critic", safe_serialization=True)
+            critic = {k[len("critic.") :]: v for k, v in state.items() if k.startswith("critic.")}
+            self.critic.save_pretrained(path / "critic", state_dict=critic, safe_serialization=True)
 
     def load_value_head(self, path: str | Path) -> None:
         self.value_head.load_state_dict(load_file(Path(path) / VALUE_HEAD_FILE))

@@ -15,17 +15,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from llm_rl.data.prompts import is_chat, load_prompts, render_prompt
 from llm_rl.models.forward import completion_logprobs
-from llm_rl.models.loading import frozen_copy, load_causal_lm, load_tokenizer, resolve_model_path
-from llm_rl.trainers import checkpoint
+from llm_rl.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, use_eos_for_padding
+from llm_rl.trainers import checkpoint, distributed
 from llm_rl.trainers.config import RLConfig
 from llm_rl.trainers.logging import MetricsLogger, plot_reward_curve
 from llm_rl.trainers.prompt_stream import PromptStream
@@ -46,6 +46,12 @@ def _lora_config(args: RLConfig):
     )
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def row_chunks(rows: torch.Tensor, num_chunks: int) -> list[torch.Tensor]:
     """``rows`` split into ``num_chunks`` equal micro-batches (the batch is built divisible)."""
     return list(rows.chunk(num_chunks))
@@ -61,6 +67,10 @@ class BaseRLTrainer:
     """Shared machinery; see ``GRPOTrainer`` and ``PPOTrainer`` for the algorithms."""
 
     needs_reference: bool = True
+    # Log-prob forwards run each prompt once for its group of completions (see models.forward).
+    # Only where every forward sees whole groups; PPO's shuffled mini-batches do not, and its
+    # old log-probs must come from the same forward as its updates (ratio exactly 1 at the start).
+    share_prompt_prefix: bool = False
 
     def __init__(
         self,
@@ -75,22 +85,27 @@ class BaseRLTrainer:
         self.args = args
         checkpoint.check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
         use_bf16 = args.bf16 if args.bf16 is not None else (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        self.accelerator = Accelerator(
-            # Without an accelerator, cpu=True is what makes accelerate start gloo across the processes
-            # of `accelerate launch --multi_gpu`; left False, each process would train alone.
-            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        # DDP, FSDP2 or DeepSpeed, as `accelerate launch --config_file` says; on GPUs or, over gloo, on CPUs.
+        self.accelerator = distributed.make_accelerator(
             log_with=None if args.report_to == "none" else args.report_to,
             project_dir=args.output_dir,
             mixed_precision="bf16" if use_bf16 else "no",
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
         )
         set_seed(args.seed)
 
         # --- policy, tokenizer, reference ---
         path = resolve_model_path(model) if isinstance(model, str) else model
-        self.tokenizer = processing_class or load_tokenizer(
-            path if isinstance(path, str) else path.name_or_path, args.trust_remote_code
-        )
+        if processing_class is not None:  # batched generation pads, so a passed-in tokenizer needs a pad token too
+            self.tokenizer = use_eos_for_padding(processing_class, "processing_class")
+        else:
+            self.tokenizer = load_tokenizer(path if isinstance(path, str) else path.name_or_path, args.trust_remote_code)
         policy = load_causal_lm(path, trust_remote_code=args.trust_remote_code)
+        # from_pretrained returns eval mode, where transformers skips gradient checkpointing;
+        # dropout goes instead (as in TRL), so train-mode log-probs match the sampler's
+        policy.train()
+        if args.disable_dropout:
+            disable_dropout(policy)
         if args.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.is_peft = bool(args.use_peft or peft_config is not None)
@@ -99,7 +114,9 @@ class BaseRLTrainer:
 
             policy = get_peft_model(policy, peft_config or _lora_config(args))
         # With LoRA the reference is the same weights with the adapter switched off: no second copy.
-        self.reference = frozen_copy(policy) if self.needs_reference and not self.is_peft else None
+        self.reference = None
+        if self.needs_reference and not self.is_peft:
+            self.reference = distributed.reference_model(self.accelerator, policy, path, args.trust_remote_code)
 
         # --- rewards ---
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
@@ -129,10 +146,17 @@ class BaseRLTrainer:
         optimizer, self.scheduler = self._optimizer_and_scheduler(trainable)
         # The scheduler stays unprepared: accelerate would step it once per process per update,
         # and our schedule is counted in optimizer updates, the same on 1 or N processes.
+        # Its state is checkpointed in trainer_state.json (see checkpoint.save).
+        distributed.configure_deepspeed(
+            acc, args.per_device_batch_size * getattr(args, "num_generations", 1), args.max_grad_norm
+        )
         self.model, self.optimizer = acc.prepare(trainable, optimizer)
-        acc.register_for_checkpointing(self.scheduler)
+        # frozen models are sharded (FSDP2, ZeRO-3) or placed like the policy
         if self.reference is not None:
-            self.reference.to(acc.device)
+            self.reference = distributed.prepare_frozen(acc, self.reference)
+        for reward in self.reward_funcs:
+            if isinstance(reward, LearnedReward) and distributed.is_sharded(acc):
+                reward.model = distributed.prepare_frozen(acc, reward.model)
         self.eval_fn = eval_fn
         self.step, self.skipped_steps = 0, 0
 
@@ -140,8 +164,12 @@ class BaseRLTrainer:
     def _optimizer_and_scheduler(self, policy):
         params = [p for p in policy.parameters() if p.requires_grad]
         args = self.args
+        # Fused: one kernel over all tensors instead of a dozen ops per tensor (also TRL's and
+        # transformers' default). Sharded engines (FSDP2, DeepSpeed) keep the default implementation.
+        fused = not distributed.is_sharded(self.accelerator) and all(p.is_floating_point() for p in params)
         optimizer = torch.optim.AdamW(
-            params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
+            params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay,
+            fused=fused or None,
         )
         scheduler = get_scheduler(
             args.lr_scheduler_type,
@@ -197,7 +225,10 @@ class BaseRLTrainer:
     def logprobs_no_grad(self, model, rollout: Rollout) -> torch.Tensor:
         """One no-grad forward over the whole rollout, e.g. for reference or old-policy log-probs."""
         width = rollout.completion_ids.shape[1]
-        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, width, self.args.temperature)[0]
+        group_size = self.args.num_generations if self.share_prompt_prefix else 1
+        return completion_logprobs(
+            model, rollout.input_ids, rollout.attention_mask, width, self.args.temperature, group_size=group_size
+        )[0]
 
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
         if not self.needs_reference:
@@ -205,7 +236,9 @@ class BaseRLTrainer:
         if self.is_peft:
             with self.lm.disable_adapter():  # the base weights are the reference
                 return self.logprobs_no_grad(self.lm, rollout)
-        return self.logprobs_no_grad(self.reference, rollout)
+        # at the policy's precision (bf16 autocast when on), so the KL measures drift, not rounding
+        with self.accelerator.autocast():
+            return self.logprobs_no_grad(self.reference, rollout)
 
     def global_sum(self, values: torch.Tensor) -> torch.Tensor:
         # on the accelerator's device: NCCL reduces CUDA tensors only
@@ -237,6 +270,33 @@ class BaseRLTrainer:
         var = self.global_sum((((x - mean) * m) ** 2).sum()) / (count - 1).clamp_min(1)
         return mean, var
 
+    @contextmanager
+    def generating(self):
+        """Context for ``generate``: the policy's weights whole, at the training forward's precision.
+
+        FSDP2/ZeRO-3 gather the weights once per rollout instead of at every decoding step; bf16
+        autocast applies as in the training forward (PPO generates through the bare inner LM).
+        """
+        # eval mode: with gradient checkpointing on, transformers turns the KV cache off in train mode
+        self.model.eval()
+        try:
+            with distributed.whole_parameters(self.accelerator, self.model), self.accelerator.autocast():
+                yield
+        finally:
+            self.model.train()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch; the ``gradient_accumulation_steps``-th one closes the update.
+
+        ``accumulate`` tells the engine which micro-batch that is: DDP and FSDP sync gradients
+        only then, and DeepSpeed, which steps inside ``backward``, steps only then. Both
+        accelerate and DeepSpeed divide the loss by the accumulation steps; the trainers'
+        loss weights already normalise over the whole update, so that division is undone.
+        """
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            acc.backward(loss * acc.gradient_accumulation_steps)
+
     def optimizer_update(self) -> dict[str, float]:
         """Clip, then step — unless the gradient is NaN/inf, in which case the update is skipped."""
         max_norm = self.args.max_grad_norm or float("inf")
@@ -262,7 +322,10 @@ class BaseRLTrainer:
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> dict[str, float]:
-        return dict(self.eval_fn(self.lm, self.tokenizer)) if self.eval_fn else {}
+        if not self.eval_fn:
+            return {}
+        with self.generating():
+            return dict(self.eval_fn(self.lm, self.tokenizer))
 
     def _interrupt_requested(self) -> bool:
         """True on every process once any process got SIGINT, so they all checkpoint together."""
@@ -324,7 +387,8 @@ class BaseRLTrainer:
         logger.close()
         after = self.evaluate()
         self.save_model(Path(args.output_dir) / "final")
-        summary = {"steps": self.step, "num_processes": acc.num_processes, "skipped_steps": self.skipped_steps}
+        summary = {"steps": self.step, "num_processes": acc.num_processes, "distributed_type": acc.distributed_type.value,
+                   "skipped_steps": self.skipped_steps}
         for key in after:
             summary[f"{key}_before"], summary[f"{key}_after"] = before.get(key), after[key]
         if acc.is_main_process:
@@ -337,10 +401,14 @@ class BaseRLTrainer:
     def save_model(self, path: str | Path) -> None:
         """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter."""
         self.accelerator.wait_for_everyone()
-        state = self.accelerator.get_state_dict(self.model)  # gathered, when the model is sharded
+        state = distributed.full_state_dict(self.accelerator, self.model)  # gathered from the shards, on the main process
+        if self.accelerator.is_main_process:
+            self.write_model(Path(path), state)
+        self.accelerator.wait_for_everyone()
+
+    def write_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write final/ from the trained module's full ``state`` (main process only); PPO adds its value head."""
         prefix = self.lm_state_prefix
         lm_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if self.accelerator.is_main_process:
-            self.lm.save_pretrained(path, state_dict=lm_state, safe_serialization=True)
-            self.tokenizer.save_pretrained(path)
-        self.accelerator.wait_for_everyone()
+        self.lm.save_pretrained(path, state_dict=lm_state, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)

@@ -1,19 +1,58 @@
 """Settings shared by the PPO and GRPO trainers, one documented field each.
 
 ``HfArgumentParser`` turns these dataclasses into a command line, so every field's
-``help`` is also its ``--help`` text. Validation happens once, in ``__post_init__``,
-with messages that say what to change; a config is never mutated afterwards.
+``help`` is also its ``--help`` text. Validation happens once, in ``__post_init__``:
+every field's type first (``Literal`` choices included), then its range, each failure
+a ``ConfigError`` that says what to change. A config is never mutated afterwards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import math
+from dataclasses import dataclass, field, fields
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the field and the fix."""
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(f"Invalid config: {message}")
+        raise ConfigError(f"Invalid config: {message}")
+
+
+def _has_type(value, hint) -> bool:
+    """``isinstance`` for the annotations configs use: int, float, bool, str, Literal, ``X | None``, ``list[X]``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (Union, UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if hint in (int, float):  # bool is an int subclass, but max_steps=True is a mistake; an int is a fine float
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def check_field_types(config) -> None:
+    """Every field holds a value of its annotated type (comparing a str with a number would fail obscurely later)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        _check(
+            _has_type(value, hints[f.name]),
+            f"{f.name} must be {_type_name(hints[f.name])}, got {value!r} (a {type(value).__name__}); "
+            f"change {f.name} (--{f.name} on the command line)",
+        )
 
 
 @dataclass
@@ -39,6 +78,7 @@ class RLConfig:
     # --- model ---
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub (off: only built-in architectures)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability to 0, so the update's log-probs match the sampler's (as TRL does)."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA with bf16 support, off on CPU)."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights; the reference is the adapter-disabled base."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -74,7 +114,8 @@ class RLConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient's global norm to this (0: no clipping)."})
 
     def __post_init__(self) -> None:
-        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check_field_types(self)  # first, so the range checks below compare numbers with numbers
+        _check(0 < self.learning_rate < math.inf, f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_length", "max_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
@@ -85,12 +126,7 @@ class RLConfig:
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.lora_r >= 1 and 0 <= self.lora_dropout < 1, f"lora_r must be >= 1 and lora_dropout in [0, 1), got {self.lora_r}, {self.lora_dropout}")
         _check(self.min_completion_length <= self.max_completion_length, "min_completion_length exceeds max_completion_length")
-        _check(self.report_to in ("none", "tensorboard"), f"report_to must be 'none' or 'tensorboard', got {self.report_to!r}")
-        _check(self.long_prompts in ("error", "filter"), f"long_prompts must be 'error' or 'filter', got {self.long_prompts!r}")
-        _check(
-            self.lr_scheduler_type in ("constant", "linear", "cosine"),
-            f"lr_scheduler_type must be constant, linear or cosine, got {self.lr_scheduler_type!r}",
-        )
-        if self.reward_weights is not None:
-            _check(all(isinstance(w, (int, float)) for w in self.reward_weights), "reward_weights must be numbers")

@@ -20,6 +20,8 @@ from llm_rl.trainers.grpo_config import GRPOConfig
 class GRPOTrainer(BaseRLTrainer):
     """``GRPOTrainer(model, reward_funcs, args=GRPOConfig(...), train_dataset=..., peft_config=None).train()``"""
 
+    share_prompt_prefix = True  # micro-batches are whole groups, so each prompt runs once per forward
+
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, **kwargs):
         args = args or GRPOConfig()
         self.needs_reference = args.beta > 0  # beta = 0: no reference model is loaded at all
@@ -43,10 +45,11 @@ class GRPOTrainer(BaseRLTrainer):
 
         # 1. rollout: G completions per prompt, sampled with per-prompt seeds
         prompts, texts, columns, seeds = self.next_prompts()
-        rollout = generate_rollout(
-            self.lm, self.tokenizer, texts, seeds, G, args.max_completion_length,
-            args.temperature, args.top_p, args.top_k, args.min_completion_length,
-        )
+        with self.generating():
+            rollout = generate_rollout(
+                self.lm, self.tokenizer, texts, seeds, G, args.max_completion_length,
+                args.temperature, args.top_p, args.top_k, args.min_completion_length,
+            )
         loss_mask = rollout.completion_mask.clone()
         if args.mask_truncated_completions:
             loss_mask[rollout.truncated] = 0
@@ -85,7 +88,7 @@ class GRPOTrainer(BaseRLTrainer):
         input_ids, attention_mask, width = rollout.model_inputs(part)
         mask = loss_mask[part, :width]
         logprobs, entropy, _ = completion_logprobs(
-            self.model, input_ids, attention_mask, width, args.temperature, with_entropy=True
+            self.model, input_ids, attention_mask, width, args.temperature, with_entropy=True, group_size=args.num_generations
         )
         old = old_logprobs[part, :width] if old_logprobs is not None else logprobs.detach()
         loss, policy_stats = clipped_policy_loss(
@@ -98,7 +101,7 @@ class GRPOTrainer(BaseRLTrainer):
             if args.kl_in == "loss":
                 loss = loss + args.beta * aggregate_loss(per_token_kl, mask, args.loss_aggregation)
         weight = aggregation_denominator(mask, args.loss_aggregation) / denominator
-        self.accelerator.backward(loss * weight)
+        self.backward(loss * weight)
         for key, value in {**policy_stats, "loss": loss.detach(), "kl": kl, "entropy": masked_mean(entropy, mask)}.items():
             stats.setdefault(key, []).append(value.detach().float())
         return stats

@@ -17,6 +17,10 @@ class MetricsLogger:
     def __init__(self, accelerator, output_dir: str, max_steps: int, initial_step: int = 0):
         self.accelerator = accelerator
         self.path = Path(output_dir) / "metrics.jsonl"
+        if initial_step and accelerator.is_main_process and self.path.exists():
+            # Resumed: a killed run may have logged steps after its last checkpoint; they are redone now.
+            kept = [row for row in read_metrics(self.path) if row["step"] <= initial_step]
+            self.path.write_text("".join(f"{json.dumps(row)}\n" for row in kept))
         self.bar = tqdm(
             total=max_steps, initial=initial_step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True
         )
@@ -38,7 +42,13 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or cut off by a kill mid-write
+            continue
+    return rows
 
 
 def plot_reward_curve(metrics_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:

@@ -27,7 +27,7 @@ from llm_rl.core import (
 from llm_rl.models.loading import load_causal_lm, resolve_model_path
 from llm_rl.models.value_head import PolicyWithValue
 from llm_rl.rollout import Rollout, generate_rollout
-from llm_rl.trainers.base import BaseRLTrainer, row_chunks
+from llm_rl.trainers.base import disable_dropout, BaseRLTrainer, row_chunks
 from llm_rl.trainers.ppo_config import PPOConfig
 
 
@@ -57,7 +57,11 @@ class PPOTrainer(BaseRLTrainer):
         critic = None
         if self.value_model_name is not None:
             critic = load_causal_lm(resolve_model_path(self.value_model_name), trust_remote_code=self.args.trust_remote_code)
-        return PolicyWithValue(policy, critic)
+            if self.args.disable_dropout:
+                disable_dropout(critic)
+            if self.args.gradient_checkpointing:
+                critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return PolicyWithValue(policy, critic).train()
 
     @property
     def lm(self):
@@ -72,10 +76,9 @@ class PPOTrainer(BaseRLTrainer):
     def load_extra_state(self, state: dict) -> None:
         self.kl_controller.load_state_dict(state["kl_controller"])
 
-    def save_model(self, path) -> None:
-        super().save_model(path)
-        if self.accelerator.is_main_process:
-            self.unwrapped.save_value_model(path)
+    def write_model(self, path, state) -> None:
+        super().write_model(path, state)
+        self.unwrapped.save_value_model(path, state)
 
     # ------------------------------------------------------------------ the step
     def scores_with_penalties(self, scores: torch.Tensor, rollout: Rollout) -> torch.Tensor:
@@ -91,10 +94,11 @@ class PPOTrainer(BaseRLTrainer):
 
         # 1. rollout
         prompts, texts, columns, seeds = self.next_prompts()
-        rollout = generate_rollout(
-            self.lm, self.tokenizer, texts, seeds, args.num_generations, args.max_completion_length,
-            args.temperature, args.top_p, args.top_k, args.min_completion_length,
-        )
+        with self.generating():
+            rollout = generate_rollout(
+                self.lm, self.tokenizer, texts, seeds, args.num_generations, args.max_completion_length,
+                args.temperature, args.top_p, args.top_k, args.min_completion_length,
+            )
         mask = rollout.completion_mask.clone()
         if args.mask_truncated_completions:
             mask[rollout.truncated] = 0
@@ -165,7 +169,7 @@ class PPOTrainer(BaseRLTrainer):
         entropy_mean = masked_mean(entropy, m)
         loss = policy_loss + args.vf_coef * value_loss - args.entropy_coef * entropy_mean
         weight = aggregation_denominator(m, "token_mean") / denominator
-        self.accelerator.backward(loss * weight)
+        self.backward(loss * weight)
         values_stats = {**policy_stats, **value_stats, "policy_loss": policy_loss, "value_loss": value_loss,
                         "loss": loss, "entropy": entropy_mean}
         for key, value in values_stats.items():

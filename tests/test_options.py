@@ -1,0 +1,133 @@
+"""Memory and precision options on both trainers: gradient checkpointing, LoRA, bf16 autocast."""
+
+import pytest
+import torch
+
+from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
+
+TRAINERS = {
+    "grpo": (GRPOTrainer, GRPOConfig, dict(num_generations=4)),
+    "ppo": (PPOTrainer, PPOConfig, dict(num_generations=2, num_mini_batches=2)),
+}
+
+
+def _reward(prompts, completions, **kwargs):
+    return [float(len(c) % 3) for c in completions]  # differs inside a group, so there is a gradient
+
+
+def _trainer(name, model_dir, tmp_path, **options):
+    trainer_class, config_class, extra = TRAINERS[name]
+    from llm_rl.data import arithmetic_dataset
+
+    config = config_class(output_dir=str(tmp_path), max_steps=1, per_device_batch_size=2, max_completion_length=4,
+                          learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0, **extra, **options)
+    return trainer_class(model_dir, [_reward], args=config, train_dataset=arithmetic_dataset(16, seed=1))
+
+
+def _gradients_of_first_update(trainer) -> dict[str, torch.Tensor]:
+    """Run one step and return the gradients its first optimizer update applies."""
+    grads, update = {}, trainer.optimizer_update
+
+    def spy():
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        return update()
+
+    trainer.optimizer_update = spy
+    trainer.training_step()
+    return grads
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_gradient_checkpointing_recomputes_the_same_gradients(name, tiny_model_dir, tmp_path):
+    plain = _trainer(name, tiny_model_dir, tmp_path / "plain")
+    checkpointed = _trainer(name, tiny_model_dir, tmp_path / "checkpointed", gradient_checkpointing=True)
+    assert checkpointed.lm.is_gradient_checkpointing and not plain.lm.is_gradient_checkpointing
+    expected, recomputed = _gradients_of_first_update(plain), _gradients_of_first_update(checkpointed)
+    assert expected.keys() == recomputed.keys() and any(g.abs().sum() > 0 for g in expected.values())
+    for n in expected:  # compared before AdamW, which would blow float noise on ~0 gradients up to lr-sized steps
+        assert torch.allclose(expected[n], recomputed[n], rtol=1e-4, atol=1e-7), n
+
+
+def _bytes_saved_for_backward(trainer) -> int:
+    """Bytes autograd keeps for backward during the first micro-batch's forward (activations, mostly)."""
+    saved, accumulate = [], trainer._accumulate
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    def measured_accumulate(*args, **kwargs):
+        if saved:
+            return accumulate(*args, **kwargs)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            return accumulate(*args, **kwargs)
+
+    trainer._accumulate = measured_accumulate
+    trainer.training_step()
+    return sum(saved)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_gradient_checkpointing_is_active_in_the_update(name, tiny_model_dir, tmp_path):
+    """Checkpointing keeps only layer inputs; from_pretrained's eval mode once switched it off silently."""
+    plain = _trainer(name, tiny_model_dir, tmp_path / "plain")
+    checkpointed = _trainer(name, tiny_model_dir, tmp_path / "checkpointed", gradient_checkpointing=True)
+    assert _bytes_saved_for_backward(checkpointed) < 0.5 * _bytes_saved_for_backward(plain)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_lora_with_gradient_checkpointing_trains_only_the_adapter(name, tiny_model_dir, tmp_path):
+    trainer = _trainer(name, tiny_model_dir, tmp_path, use_peft=True, lora_r=4, lora_target_modules="q_proj,v_proj",
+                       gradient_checkpointing=True)
+    before = {n: p.detach().clone() for n, p in trainer.lm.named_parameters()}
+    trainer.training_step()
+    changed = {n for n, p in trainer.lm.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change: start these tests from none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's own test suite does the same
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_is_off_on_cpu_unless_asked(tiny_model_dir, tmp_path, fresh_accelerate_state):
+    assert _trainer("grpo", tiny_model_dir, tmp_path / "default").accelerator.mixed_precision == "no"
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert _trainer("grpo", tiny_model_dir, tmp_path / "asked", bf16=True).accelerator.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_bf16_autocast_keeps_kl_exact_and_value_head_in_float32(name, tiny_model_dir, tmp_path, fresh_accelerate_state):
+    """Under bf16 the LM runs in bf16, the reference at the same precision, the value head and log-probs in float32."""
+    trainer = _trainer(name, tiny_model_dir, tmp_path, bf16=True)
+    seen = {}
+
+    def record(key):
+        def hook(module, inputs, output):
+            seen.setdefault(key, output.dtype)  # returns None: the output is left as it is
+        return hook
+
+    trainer.lm.lm_head.register_forward_hook(record("logits"))
+    if name == "ppo":
+        trainer.unwrapped.value_head.register_forward_hook(record("values"))
+    metrics = trainer.training_step()
+    assert seen["logits"] == torch.bfloat16  # autocast is on
+    assert seen.get("values", torch.float32) == torch.float32
+    # before the first update policy and reference are the same weights: a reference run at another
+    # precision would show a KL that is only rounding
+    assert metrics["kl"] == 0.0
+
+    from llm_rl.models.forward import completion_logprobs
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with trainer.accelerator.autocast():
+        logprobs, entropy, _ = completion_logprobs(trainer.lm, ids, torch.ones_like(ids), 3, with_entropy=True)
+    assert logprobs.dtype == entropy.dtype == torch.float32
