@@ -46,10 +46,20 @@ def _lora_config(args: RLConfig):
     )
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+def ready_for_training(model, args: RLConfig):
+    """Train mode, dropout off (optional), gradient checkpointing (optional); returns ``model``.
+
+    from_pretrained returns eval mode, where transformers skips gradient checkpointing;
+    dropout goes instead (as in TRL), so train-mode log-probs match the sampler's.
+    """
+    model.train()
+    if args.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def row_chunks(rows: torch.Tensor, num_chunks: int) -> list[torch.Tensor]:
@@ -100,14 +110,7 @@ class BaseRLTrainer:
             self.tokenizer = use_eos_for_padding(processing_class, "processing_class")
         else:
             self.tokenizer = load_tokenizer(path if isinstance(path, str) else path.name_or_path, args.trust_remote_code)
-        policy = load_causal_lm(path, trust_remote_code=args.trust_remote_code)
-        # from_pretrained returns eval mode, where transformers skips gradient checkpointing;
-        # dropout goes instead (as in TRL), so train-mode log-probs match the sampler's
-        policy.train()
-        if args.disable_dropout:
-            disable_dropout(policy)
-        if args.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy = ready_for_training(load_causal_lm(path, trust_remote_code=args.trust_remote_code), args)
         self.is_peft = bool(args.use_peft or peft_config is not None)
         if self.is_peft:
             from peft import get_peft_model

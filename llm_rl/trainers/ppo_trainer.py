@@ -27,7 +27,7 @@ from llm_rl.core import (
 from llm_rl.models.loading import load_causal_lm, resolve_model_path
 from llm_rl.models.value_head import PolicyWithValue
 from llm_rl.rollout import Rollout, generate_rollout
-from llm_rl.trainers.base import disable_dropout, BaseRLTrainer, row_chunks
+from llm_rl.trainers.base import BaseRLTrainer, ready_for_training, row_chunks
 from llm_rl.trainers.ppo_config import PPOConfig
 
 
@@ -57,10 +57,7 @@ class PPOTrainer(BaseRLTrainer):
         critic = None
         if self.value_model_name is not None:
             critic = load_causal_lm(resolve_model_path(self.value_model_name), trust_remote_code=self.args.trust_remote_code)
-            if self.args.disable_dropout:
-                disable_dropout(critic)
-            if self.args.gradient_checkpointing:
-                critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            critic = ready_for_training(critic, self.args)
         return PolicyWithValue(policy, critic).train()
 
     @property
