@@ -463,7 +463,9 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     passes = [0]
     if step.reference:
         passes.append(scoring_pass_bytes(m, step, all_rows, G, compute, compute))
-    if ppo:  # log-probs, entropy and values of the rollout policy in one forward, then the critic's
+    # PPO with one mini-batch of one micro-batch takes them from its first update forward instead
+    fused = step.num_mini_batches == 1 and step.gradient_accumulation_steps == 1
+    if ppo and not fused:  # log-probs, entropy and values of the rollout policy in one forward, then the critic's
         passes.append(no_grad_forward_bytes(m, all_rows, T, C, compute, compute, True, value_model == "shared"))
         if value_model == "separate":
             passes.append(no_grad_forward_bytes(m, all_rows, T, 0, compute, compute, keep_hidden=True, logits_positions=1))

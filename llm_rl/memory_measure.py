@@ -6,8 +6,10 @@ Each trainer runs in a fresh process (``python -m llm_rl.memory_measure SPEC OUT
 memory one run freed but the allocator kept cannot hide or inflate another run's peak.
 Phases are marked by wrapping, in that process only, what a step calls (the trainers
 are not edited): ``generate_rollout`` is "rollout", ``trainer.score`` is "score", from
-there to the first ``_accumulate`` is "logprobs" (reference, old-policy and value
-passes, advantages), and ``_accumulate`` with ``optimizer_update`` is "update".
+there to the first training forward is "logprobs" (reference, old-policy and value
+passes, advantages), and the training forwards and backwards with ``optimizer_update``
+are "update" (GRPO's ``_accumulate``; PPO's ``_forward``, whose first call also stands in
+for the old-policy pass when there is one mini-batch).
 
 - CPU: the process's resident set size (Linux). Writing "5" to /proc/self/clear_refs
   resets the peak (VmHWM) at each phase boundary. glibc is told to map every allocation
@@ -202,7 +204,8 @@ def measure(spec: dict) -> dict:
         recorder.enter("idle")
         loaded = recorder.meter.now()
         trainer.score = recorder.around(trainer.score, "score", then="logprobs")
-        trainer._accumulate = recorder.around(trainer._accumulate, "update")
+        update_entry = "_forward" if spec["algorithm"] == "ppo" else "_accumulate"
+        setattr(trainer, update_entry, recorder.around(getattr(trainer, update_entry), "update"))
         optimizer_growth = []  # AdamW creates its state in the first step() call
 
         def optimizer_step(step=trainer.optimizer.step):

@@ -38,10 +38,11 @@ for option in options:  # key=value, integers or strings
 trainer = trainer_class(model, [length_mod_3], args=config_class(**settings), train_dataset=arithmetic_dataset(32, seed=2),
                         eval_fn=lambda lm, tokenizer: {"accuracy": 0.0})  # an eval_fn makes the run write eval.json
 trainer.train()
+trainer.save_model(output_dir + "/saved_after_train")  # the process group outlives train()
 '''
 
 TOY = '''
-import json, sys, torch, torch.distributed as dist
+import gc, json, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -57,7 +58,9 @@ torch.optim.SGD(model.parameters(), lr=0.1).step()
 full = {k: v.full_tensor().tolist() for k, v in model.state_dict().items()}
 if rank == 0:
     json.dump({"local_rows": local_rows, "full": full}, open(sys.argv[1], "w"))
-dist.barrier()  # both ranks done with collectives: tearing gloo down mid-flight aborted (SIGABRT) now and then
+del model, loss  # FSDP2's DTensors hold the group: free them first, or exit aborts now and then (SIGABRT)
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
 '''
 
@@ -126,6 +129,8 @@ def test_grpo_sharded_on_two_processes_matches_one_process(engine, one_process_g
 
     alone, together = load_file(one_process_grpo / "final" / "model.safetensors"), load_file(sharded / "final" / "model.safetensors")
     assert alone.keys() == together.keys()  # gathered whole, tied weights saved once
+    again = load_file(sharded / "saved_after_train" / "model.safetensors")
+    assert all(torch.equal(again[k], together[k]) for k in together)
     initial = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert any(not torch.equal(together[k], initial[k]) for k in together)  # it trained
     for name in alone:

@@ -51,7 +51,8 @@ def test_gradient_checkpointing_recomputes_the_same_gradients(name, tiny_model_d
 
 def _bytes_saved_for_backward(trainer) -> int:
     """Bytes autograd keeps for backward during the first micro-batch's forward (activations, mostly)."""
-    saved, accumulate = [], trainer._accumulate
+    entry = "_forward" if hasattr(trainer, "_forward") else "_accumulate"  # PPO's training forward; GRPO's forward+backward
+    saved, accumulate = [], getattr(trainer, entry)
 
     def pack(tensor):
         saved.append(tensor.numel() * tensor.element_size())
@@ -63,7 +64,7 @@ def _bytes_saved_for_backward(trainer) -> int:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             return accumulate(*args, **kwargs)
 
-    trainer._accumulate = measured_accumulate
+    setattr(trainer, entry, measured_accumulate)
     trainer.training_step()
     return sum(saved)
 

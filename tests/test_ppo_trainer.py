@@ -10,7 +10,8 @@ from llm_rl.models.value_head import PolicyWithValue
 
 def _config(tmp_path, **overrides):
     base = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_batch_size=2, num_generations=2,
-                max_completion_length=4, learning_rate=1e-2, num_ppo_epochs=2, num_mini_batches=2)
+                max_completion_length=4, learning_rate=1e-2, num_ppo_epochs=2, num_mini_batches=2,
+                lr_scheduler_type="constant", warmup_steps=0)  # warm-up starts at lr 0: the first update would not move
     base.update(overrides)
     return PPOConfig(**base)
 
@@ -93,3 +94,31 @@ def test_lora_ppo_trains_adapter_and_value_head_only(tiny_model_dir, tmp_path):
     trainable = {n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
     trainer.train()
+
+
+class _SeparateOldPass(PPOTrainer):
+    fuses_first_pass = False  # always the no-grad rollout-policy pass, as with several mini-batches
+
+
+@pytest.mark.parametrize("value_model", [None, "critic"])
+def test_first_update_forward_doubles_as_the_rollout_policy_pass(tiny_model_dir, tmp_path, value_model):
+    """One mini-batch: reusing the first update's forward for old log-probs/values changes no number."""
+    runs = {}
+    for trainer_class in (PPOTrainer, _SeparateOldPass):
+        config = _config(tmp_path / trainer_class.__name__, max_steps=2, num_mini_batches=1, num_ppo_epochs=2)
+        critic = tiny_model_dir if value_model else None
+        trainer = trainer_class(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset(), value_model=critic)
+        assert trainer.fuses_first_pass == (trainer_class is PPOTrainer)
+        trainer.train()
+        runs[trainer_class] = ({n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()},
+                               (tmp_path / trainer_class.__name__ / "out" / "metrics.jsonl").read_text())
+    (fused, fused_log), (separate, separate_log) = runs[PPOTrainer], runs[_SeparateOldPass]
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(fused[f"policy.{n}"], v) for n, v in initial.items() if f"policy.{n}" in fused)
+    for name in fused:  # rounding differs (row order, padded widths); Adam turns it into ~1e-5 at lr 1e-2
+        assert torch.allclose(fused[name], separate[name], atol=5e-5), name
+    for a, b in zip(fused_log.splitlines(), separate_log.splitlines()):
+        a, b = json.loads(a), json.loads(b)
+        for key in ("reward_mean", "kl", "value_loss", "approx_kl", "returns_mean"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), key

@@ -162,6 +162,7 @@ class BaseRLTrainer:
                 reward.model = distributed.prepare_frozen(acc, reward.model)
         self.eval_fn = eval_fn
         self.step, self.skipped_steps = 0, 0
+        distributed.release_at_exit(self)
 
     # ------------------------------------------------------------------ setup helpers
     def _optimizer_and_scheduler(self, policy):
@@ -385,7 +386,7 @@ class BaseRLTrainer:
                 logger.close()
                 path = checkpoint.save(self)
                 print(f"interrupted: saved {path}; continue with --resume_from_checkpoint latest")
-                acc.end_training()
+                self._finish_trackers()
                 return {"steps": self.step, "interrupted": True, "checkpoint": str(path)}
         logger.close()
         after = self.evaluate()
@@ -398,8 +399,14 @@ class BaseRLTrainer:
             if after:
                 (Path(args.output_dir) / "eval.json").write_text(json.dumps(summary, indent=2))
             plot_reward_curve(Path(args.output_dir) / "metrics.jsonl", Path(args.output_dir) / "reward_curve.png")
-        acc.end_training()
+        self._finish_trackers()
         return summary
+
+    def _finish_trackers(self) -> None:
+        # Not accelerator.end_training(): it also destroys the process group, after which a
+        # multi-process save_model() or evaluate() would fail (see distributed.release_at_exit).
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
 
     def save_model(self, path: str | Path) -> None:
         """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter."""

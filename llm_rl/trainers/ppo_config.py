@@ -21,10 +21,16 @@ class PPOConfig(RLConfig):
     learning_rate: float = field(
         default=1e-4, metadata={"help": "AdamW learning rate, policy and value head (3e-4 made the tiny model's accuracy dip first)."}
     )
-    max_steps: int = field(default=600, metadata={"help": "Rollout steps to train for."})
-    per_device_batch_size: int = field(default=16, metadata={"help": "Prompts per process per micro-batch."})
-    num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (1 is classic PPO)."})
-    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout batch."})
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = field(
+        default="cosine", metadata={"help": "Learning-rate schedule after warm-up."}
+    )
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up optimizer steps."})
+    max_steps: int = field(default=400, metadata={"help": "Rollout steps to train for."})
+    per_device_batch_size: int = field(default=32, metadata={"help": "Prompts per process per micro-batch."})
+    num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt (1 is classic PPO)."})
+    num_ppo_epochs: int = field(
+        default=1, metadata={"help": "Passes over each rollout batch (1 with one mini-batch: no separate old-policy pass)."}
+    )
     num_mini_batches: int = field(default=1, metadata={"help": "Optimizer updates per pass (the batch is split in this many)."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (Schulman et al. 2016, arXiv 1506.02438)."})
