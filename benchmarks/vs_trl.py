@@ -173,8 +173,7 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
         return rollout
 
     module.generate_rollout = generate_rollout
-    # the update starts at the first training forward (PPO's also stands in for the old-policy pass)
-    update_entry = "_accumulate" if algo == "grpo" else "_forward"
+    update_entry = trainer.update_entry
     step, first_update_call = trainer.training_step, getattr(trainer, update_entry)
     trainer.training_step = lambda: (clock.step_start(), step())[1]
     setattr(trainer, update_entry, lambda *a: (clock.update_start(), first_update_call(*a))[1])

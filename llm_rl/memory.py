@@ -463,7 +463,8 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     passes = [0]
     if step.reference:
         passes.append(scoring_pass_bytes(m, step, all_rows, G, compute, compute))
-    # PPO with one mini-batch of one micro-batch takes them from its first update forward instead
+    # PPO with one mini-batch of one micro-batch takes them from its first update forward
+    # instead (PPOTrainer.fuses_first_pass)
     fused = step.num_mini_batches == 1 and step.gradient_accumulation_steps == 1
     if ppo and not fused:  # log-probs, entropy and values of the rollout policy in one forward, then the critic's
         passes.append(no_grad_forward_bytes(m, all_rows, T, C, compute, compute, True, value_model == "shared"))

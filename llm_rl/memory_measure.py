@@ -8,8 +8,7 @@ Phases are marked by wrapping, in that process only, what a step calls (the trai
 are not edited): ``generate_rollout`` is "rollout", ``trainer.score`` is "score", from
 there to the first training forward is "logprobs" (reference, old-policy and value
 passes, advantages), and the training forwards and backwards with ``optimizer_update``
-are "update" (GRPO's ``_accumulate``; PPO's ``_forward``, whose first call also stands in
-for the old-policy pass when there is one mini-batch).
+are "update" (from the first call of ``trainer.update_entry``).
 
 - CPU: the process's resident set size (Linux). Writing "5" to /proc/self/clear_refs
   resets the peak (VmHWM) at each phase boundary. glibc is told to map every allocation
@@ -204,7 +203,7 @@ def measure(spec: dict) -> dict:
         recorder.enter("idle")
         loaded = recorder.meter.now()
         trainer.score = recorder.around(trainer.score, "score", then="logprobs")
-        update_entry = "_forward" if spec["algorithm"] == "ppo" else "_accumulate"
+        update_entry = trainer.update_entry
         setattr(trainer, update_entry, recorder.around(getattr(trainer, update_entry), "update"))
         optimizer_growth = []  # AdamW creates its state in the first step() call
 

@@ -51,7 +51,7 @@ def test_gradient_checkpointing_recomputes_the_same_gradients(name, tiny_model_d
 
 def _bytes_saved_for_backward(trainer) -> int:
     """Bytes autograd keeps for backward during the first micro-batch's forward (activations, mostly)."""
-    entry = "_forward" if hasattr(trainer, "_forward") else "_accumulate"  # PPO's training forward; GRPO's forward+backward
+    entry = trainer.update_entry
     saved, accumulate = [], getattr(trainer, entry)
 
     def pack(tensor):

@@ -81,6 +81,9 @@ class BaseRLTrainer:
     # Only where every forward sees whole groups; PPO's shuffled mini-batches do not, and its
     # old log-probs must come from the same forward as its updates (ratio exactly 1 at the start).
     share_prompt_prefix: bool = False
+    # The method each update micro-batch enters first; benchmarks and memory_measure hook it
+    # to mark where a step's update begins.
+    update_entry: str = "_accumulate"
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class PPOTrainer(BaseRLTrainer):
     """
 
     lm_state_prefix = "policy."
+    update_entry = "_forward"  # its first call also stands in for the rollout-policy pass (fuses_first_pass)
 
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None, value_model=None, **kwargs):
         args = args or PPOConfig()
