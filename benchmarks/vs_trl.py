@@ -3,6 +3,7 @@
     python benchmarks/vs_trl.py                              # both sizes, GRPO and PPO
     python benchmarks/vs_trl.py --steps 3 --only grpo --sizes tiny
     python benchmarks/vs_trl.py --json vs_trl.json
+    python benchmarks/vs_trl.py --precision bf16   # bf16 autocast on both sides (TRL's default)
 
 Needs the bench extra: ``pip install -e ".[bench]"`` (TRL for GRPO) and, for the PPO half,
 TRL 1.12.0 beside it — the last release with a PPO trainer (removed in 1.13):
@@ -28,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLOCKS, SIZES, StepClock, default_threads, parameter_count, policy_path, reward_model_path, set_threads, thread_env  # noqa: E402
 from flops import format_flops, matmul_flops, update_flops  # noqa: E402
@@ -38,7 +41,13 @@ SHARED_HEAD = "llm_rl_shared_value_head"  # the third PPO run: llm_rl's default 
 
 
 # ---------------------------------------------------------------------------- matched settings
-def settings(algo: str, size_name: str, steps: int, threads: int) -> dict:
+PRECISIONS = {
+    "fp32": "float32 weights and compute",
+    "bf16": "float32 weights, bf16 autocast (accelerate mixed_precision='bf16'; TRL's default)",
+}
+
+
+def settings(algo: str, size_name: str, steps: int, threads: int, precision: str = "fp32") -> dict:
     """The one set of values both frameworks are given for ``algo`` at ``size_name``."""
     size = SIZES[size_name]
     common = {
@@ -54,7 +63,7 @@ def settings(algo: str, size_name: str, steps: int, threads: int) -> dict:
         "warmup_steps": 0,
         "weight_decay": 0.0,
         "optimizer": "torch.optim.AdamW(betas=(0.9, 0.999), fused=True)",
-        "dtype": "float32",
+        "precision": PRECISIONS[precision],
         "gradient_checkpointing": False,
         "gradient_accumulation_steps": 1,
         "total_steps": steps,
@@ -126,6 +135,10 @@ FIELD_NAMES = {
 
 
 # ---------------------------------------------------------------------------- workers
+def bf16(s: dict) -> bool:
+    return s["precision"] == PRECISIONS["bf16"]
+
+
 def prompt_dataset():
     from llm_rl.data.arithmetic import arithmetic_dataset
 
@@ -142,7 +155,7 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
         num_generations=s["num_generations"], max_completion_length=s["max_completion_length"],
         min_completion_length=s["min_completion_length"], temperature=s["temperature"], top_p=s["top_p"],
         top_k=s["top_k"], learning_rate=s["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_steps=s["total_steps"], seed=s["seed"], bf16=False, logging_steps=1,
+        weight_decay=0.0, max_steps=s["total_steps"], seed=s["seed"], bf16=bf16(s), logging_steps=1,
     )  # fmt: skip
     if algo == "grpo":
         module, passes = grpo_trainer, s["num_iterations"]
@@ -184,7 +197,6 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
 
 
 def run_trl_grpo(s: dict, clock: StepClock, output_dir: str) -> dict:
-    import torch
     import trl
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -199,7 +211,7 @@ def run_trl_grpo(s: dict, clock: StepClock, output_dir: str) -> dict:
         top_p=s["top_p"], top_k=s["top_k"], learning_rate=s["learning_rate"], lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch_fused", max_steps=s["total_steps"], beta=s["beta"],
         epsilon=s["epsilon"], loss_type="dapo", scale_rewards="group", num_iterations=s["num_iterations"],
-        max_grad_norm=s["max_grad_norm"], bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        max_grad_norm=s["max_grad_norm"], bf16=bf16(s), fp16=False, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         seed=s["seed"], dataloader_num_workers=0,
     )  # fmt: skip
@@ -227,7 +239,6 @@ def run_trl_grpo(s: dict, clock: StepClock, output_dir: str) -> dict:
 
 
 def run_trl_ppo(s: dict, clock: StepClock, output_dir: str) -> dict:
-    import torch
     import trl
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -247,7 +258,7 @@ def run_trl_ppo(s: dict, clock: StepClock, output_dir: str) -> dict:
         temperature=s["temperature"], learning_rate=s["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, optim="adamw_torch_fused", kl_coef=s["kl_coef"], kl_estimator="k1", cliprange=s["cliprange"],
         cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"],
-        whiten_rewards=False, num_sample_generations=0, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        whiten_rewards=False, num_sample_generations=0, bf16=bf16(s), fp16=False, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         seed=s["seed"],
     )  # fmt: skip
@@ -393,6 +404,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every process")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or process CPU time (use with --threads 1 on a machine shared with other jobs)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="fp32, or bf16 autocast over float32 weights on both sides (TRL's own default)")
     parser.add_argument("--no_ppo_shared_head", dest="ppo_shared_head", action="store_false",
                         help="skip the extra run of llm_rl's PPO with its default shared value head")
     parser.add_argument("--trl_ppo_dir", default=DEFAULT_TRL_PPO_DIR, help="folder holding TRL 1.12.0 (pip --target)")
@@ -408,8 +421,9 @@ def main() -> None:
     algos = [args.only] if args.only else ["grpo", "ppo"]
     check_trl(algos, args.trl_ppo_dir)
     set_threads(args.threads)
-    peak = matmul_flops(timer=CLOCKS[args.clock])
-    print(f"machine: float32 matmul peak {format_flops(peak)} at {args.threads} torch threads "
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_flops(timer=CLOCKS[args.clock], dtype=dtype)
+    print(f"machine: {str(dtype).removeprefix('torch.')} matmul peak {format_flops(peak)} at {args.threads} torch threads "
           f"(1024x1024 torch.mm, best of 5, {args.clock} clock)")
     # + 1: a step is timed up to the next one's start, so the last step of a run cannot be timed
     total_steps = args.warmup + args.steps + 1
@@ -417,7 +431,7 @@ def main() -> None:
     for size_name in args.sizes:
         size_report = {}
         for algo in algos:
-            s = settings(algo, size_name, total_steps, args.threads)
+            s = settings(algo, size_name, total_steps, args.threads, args.precision)
             params = parameter_count(s["model"])
             trained = params if algo == "grpo" else 2 * params  # PPO also trains a critic of the same size
             frameworks = ["llm_rl", "trl"] + ([SHARED_HEAD] if algo == "ppo" and args.ppo_shared_head else [])

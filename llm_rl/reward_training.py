@@ -37,6 +37,7 @@ from llm_rl.core import bradley_terry_loss
 from llm_rl.data.arithmetic import ArithmeticSpec, make_problem
 from llm_rl.data.prompts import load_source
 from llm_rl.models.loading import load_tokenizer, resolve_model_path
+from llm_rl.trainers.checkpoint import write_folder_atomically
 from reward_models._text import is_conversation
 from reward_models.learned import pad_right, reward_model_inputs
 
@@ -323,9 +324,11 @@ def train_reward_model(config: RewardModelConfig) -> dict:
         "num_processes": accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        final = output_dir / "final"
-        accelerator.unwrap_model(model).save_pretrained(final, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(final)
+        def write_final(folder: Path) -> None:
+            accelerator.unwrap_model(model).save_pretrained(folder, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+
+        write_folder_atomically(output_dir / "final", write_final)
         (output_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -152,3 +152,86 @@ def test_a_full_disk_while_saving_gives_a_clear_error_and_keeps_the_previous_che
                           train_dataset=arithmetic_dataset(16, seed=0))
     assert resumed.train()["steps"] == 3
     assert latest_checkpoint(out).name == "checkpoint-3"
+
+
+def test_a_failed_save_model_keeps_the_previous_final_model_loadable(tiny_model_dir, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+    from transformers import AutoModelForCausalLM
+
+    from llm_rl import GRPOConfig, GRPOTrainer
+    from llm_rl.data import arithmetic_dataset
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_batch_size=2, num_generations=2,
+                        max_completion_length=4, learning_rate=1e-2, lr_scheduler_type="constant", warmup_steps=0)
+    trainer = GRPOTrainer(tiny_model_dir, [lambda completions, **kw: [float(len(c)) for c in completions]],
+                          args=config, train_dataset=arithmetic_dataset(8, seed=0))
+    trainer.train()
+    final = tmp_path / "run" / "final"
+    before = _hashes(final)
+
+    trainer.training_step()  # the weights move: a new save_model would write different bytes
+    real_save_file = transformers.modeling_utils.safe_save_file
+
+    def disk_fills_up(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_fills_up)
+    with pytest.raises(OSError) as caught:
+        trainer.save_model(final)
+    assert caught.value.errno == errno.ENOSPC
+    assert f"Could not write {final} (No space left on device)" in str(caught.value)
+    assert "its previous contents are untouched" in str(caught.value)
+    assert _hashes(final) == before and not list(final.parent.glob(".tmp-*"))
+    AutoModelForCausalLM.from_pretrained(final)  # still the complete model of the first save
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", real_save_file)
+    trainer.save_model(final)  # space freed: the new weights replace the old in one rename
+    assert _hashes(final)["model.safetensors"] != before["model.safetensors"]
+    assert not list(final.parent.glob(".tmp-*")) and not list(final.parent.glob(".old-*"))
+    AutoModelForCausalLM.from_pretrained(final)
+
+
+FULL_DISK_ON_RANK_1 = """
+import errno, os, sys
+from pathlib import Path
+import torch
+from llm_rl import GRPOConfig, GRPOTrainer
+from llm_rl.data import arithmetic_dataset
+
+model, out = sys.argv[1], Path(sys.argv[2])
+real_save = torch.save  # accelerate writes each process's RNG state with torch.save
+
+def rank_1_runs_out_of_space(obj, f, *args, **kwargs):
+    if ".tmp-checkpoint-2" in str(f) and "random_states_1" in str(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = rank_1_runs_out_of_space
+config = GRPOConfig(output_dir=str(out), max_steps=3, save_steps=1, per_device_batch_size=1, num_generations=2,
+                    max_completion_length=4, eval_steps=0)
+trainer = GRPOTrainer(model, [lambda completions, **kw: [float(len(c)) for c in completions]], args=config,
+                      train_dataset=arithmetic_dataset(16, seed=0))
+try:
+    trainer.train()
+except OSError as err:
+    (out / f"error-{trainer.accelerator.process_index}.txt").write_text(str(err))
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_one_of_two_processes_stops_both_with_the_same_clear_error(tiny_model_dir, tmp_path):
+    script, out = tmp_path / "train.py", tmp_path / "run"
+    script.write_text(FULL_DISK_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir, str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # a hang fails here
+    assert result.returncode != 0
+    rank_0, rank_1 = (out / "error-0.txt").read_text(), (out / "error-1.txt").read_text()
+    assert "Could not write checkpoint-2" in rank_1 and "(No space left on device)" in rank_1
+    assert "Could not write checkpoint-2" in rank_0 and "(another process failed: No space left on device)" in rank_0
+    for message in (rank_0, rank_1):
+        assert "checkpoint-1 is intact and --resume_from_checkpoint latest resumes from it" in message
+    assert latest_checkpoint(out).name == "checkpoint-1" and not list(out.glob(".tmp-*"))

@@ -42,7 +42,7 @@ def _gradients_of_first_update(trainer) -> dict[str, torch.Tensor]:
 def test_gradient_checkpointing_recomputes_the_same_gradients(name, tiny_model_dir, tmp_path):
     plain = _trainer(name, tiny_model_dir, tmp_path / "plain")
     checkpointed = _trainer(name, tiny_model_dir, tmp_path / "checkpointed", gradient_checkpointing=True)
-    assert checkpointed.lm.is_gradient_checkpointing and not plain.lm.is_gradient_checkpointing
+    assert checkpointed.lm.is_activation_checkpointing and not plain.lm.is_activation_checkpointing
     expected, recomputed = _gradients_of_first_update(plain), _gradients_of_first_update(checkpointed)
     assert expected.keys() == recomputed.keys() and any(g.abs().sum() > 0 for g in expected.values())
     for n in expected:  # compared before AdamW, which would blow float noise on ~0 gradients up to lr-sized steps

@@ -67,7 +67,7 @@ def test_falls_back_to_the_full_forward_where_sharing_does_not_apply(model, tiny
     assert not can_share_prefix(model, torch.Size([6, 9]), 8, 2)  # a one-token prompt: no prefix to share
     assert not can_share_prefix(model, torch.Size([5, 9]), 4, 2)  # rows are not whole groups
     assert can_share_prefix(model, torch.Size([6, 9]), 4, 2)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     try:  # transformers drops the KV cache under gradient checkpointing, so the full forward is used
         assert not can_share_prefix(model, torch.Size([6, 9]), 4, 2)
         ids, mask, C = grouped_batch(tiny_tokenizer, 2)
@@ -77,4 +77,4 @@ def test_falls_back_to_the_full_forward_where_sharing_does_not_apply(model, tiny
             reference, _, _ = completion_logprobs(model, ids, mask, C)
         torch.testing.assert_close(logprobs.detach(), reference, atol=1e-5, rtol=1e-5)
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()

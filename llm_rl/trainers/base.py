@@ -58,7 +58,11 @@ def ready_for_training(model, args: RLConfig):
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.24's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -412,11 +416,14 @@ class BaseRLTrainer:
             tracker.finish()
 
     def save_model(self, path: str | Path) -> None:
-        """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter."""
+        """``from_pretrained``-loadable weights (safetensors) and tokenizer; a LoRA run saves its adapter.
+
+        Written beside ``path`` and renamed into place (``checkpoint.publish``): a crash or a full
+        disk mid-save never leaves a half-written model under ``path``."""
         self.accelerator.wait_for_everyone()
         state = distributed.full_state_dict(self.accelerator, self.model)  # gathered from the shards, on the main process
         if self.accelerator.is_main_process:
-            self.write_model(Path(path), state)
+            checkpoint.write_folder_atomically(Path(path), lambda tmp: self.write_model(tmp, state))
         self.accelerator.wait_for_everyone()
 
     def write_model(self, path: Path, state: dict[str, torch.Tensor]) -> None:

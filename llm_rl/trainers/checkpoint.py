@@ -3,16 +3,21 @@
 A checkpoint folder holds accelerate's state (model weights in safetensors; optimizer and
 every RNG through ``torch.save``, loaded back with ``weights_only=True``) plus
 ``trainer_state.json`` (step, prompt-stream position, scheduler, KL controller, counters).
-It is written to a temporary folder and renamed into place, so a run killed mid-save
-never leaves a ``checkpoint-N`` that resume would pick up half-written.
+It is written to a temporary folder, flushed to disk (fsync) and renamed into place, so a
+run killed mid-save, or a machine that loses power just after, never leaves a
+``checkpoint-N`` that resume would pick up half-written. ``final/`` is published the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -50,6 +55,7 @@ def save(trainer) -> Path:
         for stale in [*out.glob(".tmp-checkpoint-*"), *out.glob(".old-checkpoint-*")]:
             shutil.rmtree(stale, ignore_errors=True)
     acc.wait_for_everyone()
+    failure: OSError | None = None
     try:
         acc.save_state(str(tmp), safe_serialization=True)
         if acc.is_main_process:
@@ -63,29 +69,107 @@ def save(trainer) -> Path:
             }
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        failure = err
+    # Every process learns of any one's failure: one that raised alone would leave the others
+    # waiting for it at the next barrier forever.
+    failed_errno = first_error_code(acc, failure)
+    if failed_errno is not None:
+        if failure is not None or acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(out)
         kept = (
             f"{previous.name} is intact and --resume_from_checkpoint latest resumes from it"
             if previous
             else "no earlier checkpoint exists"
         )
+        reason = (failure.strerror or str(failure)) if failure is not None else (
+            f"another process failed: {os.strerror(failed_errno)}")  # fmt: skip
         raise OSError(
-            err.errno,
-            f"Could not write {final.name} in {out} ({err.strerror or err}); the partial checkpoint was removed and "
+            failed_errno,
+            f"Could not write {final.name} in {out} ({reason}); the partial checkpoint was removed and "
             f"{kept}. Free disk space (or pass an --output_dir on a larger disk), then resume.",
-        ) from err
+        ) from failure
     acc.wait_for_everyone()  # every process has written its part (RNG state, FSDP/ZeRO shards) before the rename
     if acc.is_main_process:
-        if final.exists():  # re-saving a step after a resume: move the old copy aside, never delete it in place
-            old = out / f".old-checkpoint-{trainer.step}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)  # atomic on one filesystem
+        publish(tmp, final)
     acc.wait_for_everyone()
     return final
+
+
+def first_error_code(acc, failure: OSError | None) -> int | None:
+    """The errno of this or any other process's ``failure`` (a collective: every process calls it), or None."""
+    code = (failure.errno or -1) if failure is not None else 0  # -1: an OSError without an errno
+    if acc.num_processes > 1:
+        codes = acc.gather(torch.tensor([code], device=acc.device)).tolist()
+        code = next((c for c in codes if c), 0)
+    if not code:
+        return None
+    return code if code > 0 else errno.EIO
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the complete folder ``tmp`` appear as ``final`` in one rename, after flushing it to disk.
+
+    An existing ``final`` (a step saved again after a resume, a second ``save_model``) is moved
+    aside first and deleted only once the new one is in place, so at every instant one
+    complete copy sits under a name a reader would look for.
+    """
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)  # atomic on one filesystem
+    _fsync_dir(final.parent)
+
+
+def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary sibling of ``final``, which is then published; a failed write
+    removes the partial folder and leaves ``final`` as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "its previous contents are untouched" if final.exists() else "nothing was left behind"
+        raise OSError(
+            err.errno,
+            f"Could not write {final} ({err.strerror or err}); the partial folder was removed and {kept}. "
+            "Free disk space (or save to a larger disk) and save again.",
+        ) from err
+    publish(tmp, final)
+
+
+def _fsync_tree(folder: Path) -> None:
+    # Without it a rename can reach the disk before the data it names (ext4/xfs delayed allocation).
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # no directory handles (Windows): the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (network mounts) refuse fsync on a directory
+    finally:
+        os.close(fd)
 
 
 def load(trainer, where: str) -> Path:
