@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llm_rl.core import aggregate_loss, clipped_policy_loss, clipped_value_loss
+from llm_rl.core import aggregate_loss, aggregation_denominator, clipped_policy_loss, clipped_value_loss
 
 LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
@@ -17,12 +17,39 @@ def test_aggregation_hand_values():
     assert aggregate_loss(LOSS, MASK, "seq_sum_norm").item() == pytest.approx(10 / 6)
 
 
+def test_seq_sum_norm_divides_by_the_generation_budget_when_given():
+    assert aggregate_loss(LOSS, MASK, "seq_sum_norm", max_length=5).item() == pytest.approx(10 / (2 * 5))
+    assert aggregation_denominator(MASK, "seq_sum_norm", max_length=5).item() == 10.0
+    assert aggregation_denominator(MASK, "seq_sum_norm").item() == 6.0  # B x the padded width
+    with pytest.raises(ValueError, match="max_length=2 is shorter than the loss's 3 columns"):
+        aggregate_loss(LOSS, MASK, "seq_sum_norm", max_length=2)
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_micro_batches_trimmed_to_their_own_width_combine_to_the_whole_batch(mode):
+    """What the trainers do: each micro-batch (or process) drops the columns that are padding in
+    all its rows; weighting by the denominators recovers the whole batch's aggregate exactly."""
+    g = torch.Generator().manual_seed(0)
+    loss = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    mask = torch.arange(8)[None, :] < torch.tensor([8, 2, 1, 3, 0, 5])[:, None]
+    whole = aggregate_loss(loss, mask, mode, max_length=10)
+    parts = []
+    for rows in (slice(0, 2), slice(2, 4), slice(4, 6)):
+        width = int(mask[rows].sum(-1).max().clamp_min(1))  # 8, 3, 5 columns
+        part_loss, part_mask = loss[rows, :width], mask[rows, :width]
+        parts.append((aggregate_loss(part_loss, part_mask, mode, max_length=10),
+                      aggregation_denominator(part_mask, mode, max_length=10)))  # fmt: skip
+    combined = sum(value * d for value, d in parts) / sum(d for _, d in parts)
+    assert combined.item() == pytest.approx(whole.item(), rel=1e-12)
+    assert whole.item() == pytest.approx(_loop_aggregate(loss, mask, mode, max_length=10))
+
+
 def test_unknown_aggregation_lists_choices():
     with pytest.raises(ValueError, match="seq_mean.*seq_sum_norm.*token_mean"):
         aggregate_loss(LOSS, MASK, "sum")
 
 
-def _loop_aggregate(loss, mask, mode):
+def _loop_aggregate(loss, mask, mode, max_length=None):
     B, T = loss.shape
     rows = [[loss[b, t].item() for t in range(T) if mask[b, t]] for b in range(B)]
     n_tokens = sum(len(r) for r in rows)
@@ -30,7 +57,7 @@ def _loop_aggregate(loss, mask, mode):
         return sum(map(sum, rows)) / max(n_tokens, 1)
     if mode == "seq_mean":
         return sum(sum(r) / len(r) if r else 0.0 for r in rows) / B
-    return sum(map(sum, rows)) / (B * T)
+    return sum(map(sum, rows)) / (B * (max_length or T))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -144,3 +144,34 @@ def test_masking_truncated_completions_removes_them_from_the_loss(tiny_model_dir
         train_dataset=_dataset(),
     )
     assert unmasked.training_step()["grad_norm"] > 0.0
+
+
+def _text_reward(prompts, completions, **kwargs):
+    """Varies with the text, so completions of one length still get different rewards."""
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+def _first_step_gradients(tiny_model_dir, tmp_path, **overrides):
+    config = _config(tmp_path, max_completion_length=8, beta=0.04, max_grad_norm=0.0, **overrides)
+    trainer = GRPOTrainer(tiny_model_dir, [_text_reward], args=config, train_dataset=_dataset())
+    grads, update = {}, trainer.optimizer_update
+
+    def record_then_update():
+        grads.update({n: p.grad.clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        return update()
+
+    trainer.optimizer_update = record_then_update
+    trainer.training_step()
+    return grads
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_micro_batches_give_the_whole_batch_gradient(aggregation, tiny_model_dir, tmp_path):
+    """Two micro-batches (two groups each, each trimmed to its own longest completion: 3 and 4
+    columns here) accumulate the gradient of the whole batch, for every loss aggregation."""
+    whole = _first_step_gradients(tiny_model_dir, tmp_path / "one", loss_aggregation=aggregation, per_device_batch_size=4)
+    split = _first_step_gradients(tiny_model_dir, tmp_path / "two", loss_aggregation=aggregation, per_device_batch_size=2,
+                                  gradient_accumulation_steps=2)  # fmt: skip
+    assert whole.keys() == split.keys() and whole
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7, msg=name)

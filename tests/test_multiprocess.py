@@ -52,8 +52,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tiny
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    rewards = lambda run: [json.loads(line).get("reward_mean") for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert rewards("one") == rewards("two")
+    rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    logged = lambda run, key: [row[key] for row in rows(run) if key in row]  # noqa: E731
+    assert logged("one", "reward_mean") == logged("two", "reward_mean")
+    # Adam forgives a gradient off by a constant factor; the gradient norm does not
+    assert logged("two", "grad_norm") == pytest.approx(logged("one", "grad_norm"), rel=1e-4)
     a, b = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
@@ -64,3 +67,64 @@ def _initial(folder):
     from safetensors.torch import load_file
 
     return load_file(str(Path(folder) / "model.safetensors"))
+
+
+ONE_STEP = """
+import dataclasses, json, os, sys
+from accelerate.utils import gather_object
+from llm_rl import GRPOConfig, GRPOTrainer
+import llm_rl.trainers.grpo_trainer as grpo_trainer
+from llm_rl.data import arithmetic_dataset
+
+model, out, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+generate, widths = grpo_trainer.generate_rollout, []
+
+def short_for_some_prompts(model, tokenizer, texts, seeds, group_size, *args, **kwargs):
+    # As if the model ended the completions of prompts 0 and 1 (seeds are the prompts' global
+    # indices) after 2 tokens: process 0, which holds only those, trims its batch to 2 columns.
+    rollout = generate(model, tokenizer, texts, seeds, group_size, *args, **kwargs)
+    for i, seed in enumerate(seeds):
+        if seed % 4 < 2:
+            rows = slice(i * group_size, (i + 1) * group_size)
+            rollout.completion_mask[rows, 2:] = 0
+            rollout.completion_ids[rows, 2:] = tokenizer.pad_token_id
+            rollout.sampling_logprobs[rows, 2:] = 0
+    width = int(rollout.completion_mask.sum(-1).max())  # generate stops once every row has ended
+    widths.append(width)
+    return dataclasses.replace(rollout, completion_ids=rollout.completion_ids[:, :width],
+                               completion_mask=rollout.completion_mask[:, :width],
+                               sampling_logprobs=rollout.sampling_logprobs[:, :width])
+
+grpo_trainer.generate_rollout = short_for_some_prompts
+config = GRPOConfig(output_dir=out, max_steps=1, per_device_batch_size=prompts, num_generations=2, max_completion_length=12,
+                    loss_aggregation="seq_sum_norm", max_grad_norm=0.0, eval_steps=0, lr_scheduler_type="constant", warmup_steps=0)
+text_reward = lambda completions, **kw: [float(sum(map(ord, c)) % 7) for c in completions]
+trainer = GRPOTrainer(model, [text_reward], args=config, train_dataset=arithmetic_dataset(16, seed=0))
+metrics = trainer.training_step()
+os.makedirs(out, exist_ok=True)
+json.dump({"grad_norm": metrics["grad_norm"], "widths": gather_object(widths)},
+          open(f"{out}/step-{trainer.accelerator.process_index}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_dr_grpo_normaliser_is_the_same_whatever_each_process_completion_width(tiny_model_dir, tmp_path):
+    """seq_sum_norm divides by rows x max_completion_length, a constant: a process whose
+    completions are shorter (fewer columns after trimming) still gets the global gradient."""
+    script = tmp_path / "one_step.py"
+    script.write_text(ONE_STEP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one"), "4"],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir,
+         str(tmp_path / "two"), "2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, rank_0 = (json.loads((tmp_path / run / "step-0.json").read_text()) for run in ("one", "two"))
+    assert len(set(rank_0["widths"])) == 2, f"the processes' completions should differ in width: {rank_0['widths']}"
+    assert single["grad_norm"] > 0
+    assert rank_0["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4)

@@ -15,34 +15,44 @@ import torch
 from llm_rl.core.masked import masked_mean
 
 
-def _token_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _token_mean(loss: torch.Tensor, mask: torch.Tensor, max_length: int | None) -> torch.Tensor:
     return masked_mean(loss, mask)  # sum over valid tokens / number of valid tokens
 
 
-def _seq_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _seq_mean(loss: torch.Tensor, mask: torch.Tensor, max_length: int | None) -> torch.Tensor:
     # An all-padding row has token mean 0 and still counts as one of the B rows.
     return masked_mean(loss, mask, dim=-1).mean()  # (B,) -> ()
 
 
-def _seq_sum_norm(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _seq_sum_norm(loss: torch.Tensor, mask: torch.Tensor, max_length: int | None) -> torch.Tensor:
     valid = torch.where(mask.bool(), loss, torch.zeros_like(loss))  # (B, T)
-    return valid.sum() / loss.numel()  # / (B * T), T the padded length
+    return valid.sum() / (loss.shape[0] * _normalising_length(loss, max_length))  # / (B * L)
 
 
-_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+def _normalising_length(loss: torch.Tensor, max_length: int | None) -> int:
+    if max_length is None:
+        return loss.shape[-1]
+    if max_length < loss.shape[-1]:
+        raise ValueError(f"max_length={max_length} is shorter than the loss's {loss.shape[-1]} columns")
+    return max_length
+
+
+_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | None], torch.Tensor]] = {
     "token_mean": _token_mean,
     "seq_mean": _seq_mean,
     "seq_sum_norm": _seq_sum_norm,
 }
 
 
-def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str, max_length: int | None = None) -> torch.Tensor:
     """Reduce a per-token loss `(B, T)` with mask `(B, T)` to a 0-dim loss.
 
     Modes:
         "token_mean":   sum of valid tokens / number of valid tokens (DAPO, arXiv 2503.14476)
         "seq_mean":     mean over rows of each row's token mean (GRPO, arXiv 2402.03300)
-        "seq_sum_norm": sum of valid tokens / (B * T), T the padded length (Dr. GRPO, arXiv 2503.20783)
+        "seq_sum_norm": sum of valid tokens / (B * L) (Dr. GRPO, arXiv 2503.20783), L the
+                        generation budget `max_length` (max_completion_length, a constant as in
+                        the paper and TRL's "dr_grpo"), or the padded width T when not given
 
     Across data-parallel shards, token_mean is only the global token mean if
     you combine `loss * n_valid` and `n_valid` (sum both, then divide), not by
@@ -50,27 +60,28 @@ def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) 
     """
     if mode not in _AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {sorted(_AGGREGATIONS)}")
-    return _AGGREGATIONS[mode](per_token_loss, mask)
+    return _AGGREGATIONS[mode](per_token_loss, mask, max_length)
 
 
-_DENOMINATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "token_mean": lambda mask: mask.sum(),
-    "seq_mean": lambda mask: torch.tensor(float(mask.shape[0]), device=mask.device),
-    "seq_sum_norm": lambda mask: torch.tensor(float(mask.numel()), device=mask.device),
+_DENOMINATORS: dict[str, Callable[[torch.Tensor, int | None], float]] = {
+    "token_mean": lambda mask, max_length: mask.sum(),
+    "seq_mean": lambda mask, max_length: float(mask.shape[0]),
+    "seq_sum_norm": lambda mask, max_length: float(mask.shape[0] * _normalising_length(mask, max_length)),
 }
 
 
-def aggregation_denominator(mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """The count `aggregate_loss(x, mask, mode)` divides by: valid tokens, rows, or B * T.
+def aggregation_denominator(mask: torch.Tensor, mode: str, max_length: int | None = None) -> torch.Tensor:
+    """The count `aggregate_loss(x, mask, mode, max_length)` divides by: valid tokens, rows, or B * L.
 
     Splitting a batch into micro-batches (or shards) k, the global aggregate is
     `sum_k aggregate_loss(x_k, m_k, mode) * d_k / sum_k d_k` with
-    `d_k = aggregation_denominator(m_k, mode)`: exact for "token_mean" and
-    "seq_mean", and for "seq_sum_norm" when every part has the same padded length.
+    `d_k = aggregation_denominator(m_k, mode)`: exact for "token_mean" and "seq_mean", and
+    for "seq_sum_norm" given `max_length` (without it, only when every part has the same
+    padded width).
     """
     if mode not in _DENOMINATORS:
         raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {sorted(_DENOMINATORS)}")
-    return _DENOMINATORS[mode](mask).float()
+    return torch.as_tensor(_DENOMINATORS[mode](mask, max_length), device=mask.device).float()
 
 
 def clipped_policy_loss(
@@ -81,6 +92,7 @@ def clipped_policy_loss(
     eps_low: float | None = 0.2,
     eps_high: float | None = None,
     aggregation: str = "token_mean",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate loss, as used by PPO and GRPO.
 
@@ -93,7 +105,7 @@ def clipped_policy_loss(
     `eps_high=None` means `eps_low`; a larger `eps_high` is DAPO's clip-higher
     (arXiv 2503.14476). `eps_low=None` disables clipping: plain `-ratio * A`
     (used by PPO with a KL penalty instead of clipping).
-    The per-token loss is reduced with `aggregate_loss(..., aggregation)`.
+    The per-token loss is reduced with `aggregate_loss(..., aggregation, max_length)`.
 
     stats (detached 0-dim): "clip_fraction" (valid tokens whose gradient the
     clip zeroes), "approx_kl" (masked mean of 0.5 * (logp - old)**2, the k2
@@ -117,7 +129,7 @@ def clipped_policy_loss(
         per_token_loss = torch.maximum(per_token_loss, -advantages * clipped_ratio)  # = -min(...)
         clipped = ((ratio < 1 - eps_low) & (advantages < 0)) | ((ratio > 1 + eps_high) & (advantages > 0))
 
-    loss = aggregate_loss(per_token_loss, mask, aggregation)
+    loss = aggregate_loss(per_token_loss, mask, aggregation, max_length)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean(clipped.to(ratio.dtype), mask),

@@ -43,7 +43,8 @@ class GRPOConfig(RLConfig):
     )
     loss_aggregation: Literal["token_mean", "seq_mean", "seq_sum_norm"] = field(
         default="token_mean",
-        metadata={"help": "token_mean (DAPO), seq_mean (original GRPO) or seq_sum_norm (Dr. GRPO, arXiv 2503.20783)."},
+        metadata={"help": "token_mean (DAPO), seq_mean (original GRPO) or seq_sum_norm (Dr. GRPO, arXiv 2503.20783: "
+                          "the sum over tokens / (rows x max_completion_length))."},
     )
     scale_rewards: Literal["group", "batch", "none"] = field(
         default="group", metadata={"help": "Divide advantages by the group's std, the batch's std, or not at all (Dr. GRPO)."}

@@ -70,7 +70,7 @@ class GRPOTrainer(BaseRLTrainer):
         advantages = self.advantages(rewards)  # (B,)
 
         # 5. updates: num_iterations x (micro-batches accumulated into one optimizer step)
-        denominator_local = aggregation_denominator(loss_mask, args.loss_aggregation)
+        denominator_local = aggregation_denominator(loss_mask, args.loss_aggregation, args.max_completion_length)
         # scale so that DDP's gradient average over processes gives the global aggregate (see core.losses)
         denominator = self.global_sum(denominator_local) / acc.num_processes
         stats: dict[str, torch.Tensor] = {}
@@ -92,15 +92,16 @@ class GRPOTrainer(BaseRLTrainer):
         )
         old = old_logprobs[part, :width] if old_logprobs is not None else logprobs.detach()
         loss, policy_stats = clipped_policy_loss(
-            logprobs, old, advantages[part], mask, args.epsilon_low, args.epsilon_high, args.loss_aggregation
+            logprobs, old, advantages[part], mask, args.epsilon_low, args.epsilon_high, args.loss_aggregation,
+            args.max_completion_length,
         )
         kl = torch.zeros((), device=logprobs.device)
         if ref_logprobs is not None:
             per_token_kl = kl_penalty(logprobs, ref_logprobs[part, :width], args.kl_estimator)
             kl = masked_mean(per_token_kl.detach(), mask)
             if args.kl_in == "loss":
-                loss = loss + args.beta * aggregate_loss(per_token_kl, mask, args.loss_aggregation)
-        weight = aggregation_denominator(mask, args.loss_aggregation) / denominator
+                loss = loss + args.beta * aggregate_loss(per_token_kl, mask, args.loss_aggregation, args.max_completion_length)
+        weight = aggregation_denominator(mask, args.loss_aggregation, args.max_completion_length) / denominator
         self.backward(loss * weight)
         for key, value in {**policy_stats, "loss": loss.detach(), "kl": kl, "entropy": masked_mean(entropy, mask)}.items():
             stats.setdefault(key, []).append(value.detach().float())
