@@ -235,3 +235,26 @@ def test_a_full_disk_on_one_of_two_processes_stops_both_with_the_same_clear_erro
     for message in (rank_0, rank_1):
         assert "checkpoint-1 is intact and --resume_from_checkpoint latest resumes from it" in message
     assert latest_checkpoint(out).name == "checkpoint-1" and not list(out.glob(".tmp-*"))
+
+
+def test_save_model_into_a_folder_with_other_files_keeps_them(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llm_rl import GRPOConfig, GRPOTrainer
+    from llm_rl.data import arithmetic_dataset
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_batch_size=2, num_generations=2,
+                        max_completion_length=4)
+    trainer = GRPOTrainer(tiny_model_dir, [lambda completions, **kw: [float(len(c)) for c in completions]],
+                          args=config, train_dataset=arithmetic_dataset(8, seed=0))
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "data" / "rows.jsonl").write_text("{}")
+    trainer.save_model(mine)
+    trainer.save_model(mine)  # again, over its own earlier files
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "data" / "rows.jsonl").read_text() == "{}"
+    AutoModelForCausalLM.from_pretrained(mine)
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob(".old-*"))
+    with pytest.raises(NotADirectoryError, match="it is a file. Pass a folder path"):
+        trainer.save_model(mine / "notes.txt")

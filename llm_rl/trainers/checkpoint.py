@@ -128,8 +128,15 @@ def publish(tmp: Path, final: Path) -> None:
 
 def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` fills a temporary sibling of ``final``, which is then published; a failed write
-    removes the partial folder and leaves ``final`` as it was."""
-    final = Path(final)
+    removes the partial folder and leaves ``final`` as it was.
+
+    A ``final`` that holds only what the new save writes (an earlier save) is swapped whole. One
+    that holds anything else (the user's own files) is never moved or deleted: each written
+    file replaces its namesake, one atomic rename at a time, and the other files stay.
+    """
+    final = Path(final).absolute()
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"Cannot save a model to {final}: it is a file. Pass a folder path.")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,7 +150,22 @@ def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
             f"Could not write {final} ({err.strerror or err}); the partial folder was removed and {kept}. "
             "Free disk space (or save to a larger disk) and save again.",
         ) from err
-    publish(tmp, final)
+    if final.exists() and {p.name for p in final.iterdir()} - {p.name for p in tmp.iterdir()}:
+        _merge(tmp, final)
+    else:
+        publish(tmp, final)
+
+
+def _merge(tmp: Path, final: Path) -> None:
+    _fsync_tree(tmp)
+    for entry in sorted(tmp.iterdir()):
+        target = final / entry.name
+        if entry.is_dir() and target.exists():
+            publish(entry, target)
+        else:
+            os.replace(entry, target)
+    tmp.rmdir()
+    _fsync_dir(final)
 
 
 def _fsync_tree(folder: Path) -> None:
