@@ -115,6 +115,11 @@ def publish(tmp: Path, final: Path) -> None:
     complete copy sits under a name a reader would look for.
     """
     _fsync_tree(tmp)
+    _swap(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _swap(tmp: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f".old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
@@ -123,7 +128,6 @@ def publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)  # atomic on one filesystem
-    _fsync_dir(final.parent)
 
 
 def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
@@ -159,26 +163,25 @@ def write_folder_atomically(final: Path, write: Callable[[Path], None]) -> None:
 def _merge(tmp: Path, final: Path) -> None:
     _fsync_tree(tmp)
     for entry in sorted(tmp.iterdir()):
-        target = final / entry.name
-        if entry.is_dir() and target.exists():
-            publish(entry, target)
+        if entry.is_dir():
+            _swap(entry, final / entry.name)
         else:
-            os.replace(entry, target)
+            os.replace(entry, final / entry.name)  # one file at a time: the user's other files stay
     tmp.rmdir()
     _fsync_dir(final)
 
 
 def _fsync_tree(folder: Path) -> None:
     # Without it a rename can reach the disk before the data it names (ext4/xfs delayed allocation).
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
-        _fsync_dir(path)
+    for path in [*folder.rglob("*"), folder]:
+        if path.is_dir():
+            _fsync_dir(path)
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
