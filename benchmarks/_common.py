@@ -42,6 +42,16 @@ class ModelSize:
     grpo_prompts: int  # prompts per step; each gets `grpo_generations` completions
     grpo_generations: int
     ppo_prompts: int  # one completion each (TRL's PPO samples one per query)
+    # Qwen2Config fields past width and depth (None: llm_rl.models.tiny.tiny_config's rule)
+    intermediate_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    vocab_size: int | None = None  # None: the tiny tokenizer's 512; larger ids decode to nothing
+
+    def config_overrides(self) -> dict:
+        fields = {"hidden_size": self.hidden_size, "num_layers": self.num_layers, "intermediate_size": self.intermediate_size,
+                  "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads, "vocab_size": self.vocab_size}  # fmt: skip
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 SIZES = {
@@ -50,6 +60,16 @@ SIZES = {
     # The same architecture at ~30M parameters with 64-token completions: compute dominates.
     # Batches are small so that a full side-by-side run stays within minutes on 2 cores.
     "30m": ModelSize("30m", 512, 8, completion_length=64, grpo_prompts=4, grpo_generations=4, ppo_prompts=16),
+}
+
+# Real shapes (benchmarks/real_shape.py), kept out of SIZES so vs_trl.py's default run stays minutes long.
+SHAPE_SIZES = {
+    # Qwen2.5-0.5B's config (494M parameters, tied embeddings) with random weights: 2 prompts x G = 8 x 128 tokens.
+    "0.5b": ModelSize("0.5b", 896, 24, completion_length=128, grpo_prompts=2, grpo_generations=8, ppo_prompts=16,
+                      intermediate_size=4864, num_heads=14, num_kv_heads=2, vocab_size=151936),
+    # A 2-layer, 64-wide model with a 32k vocabulary (2.2M parameters, nearly all embedding): seconds, for tests.
+    "smoke": ModelSize("smoke", 64, 2, completion_length=8, grpo_prompts=2, grpo_generations=8, ppo_prompts=16,
+                       vocab_size=32768),
 }
 
 
@@ -68,7 +88,7 @@ def policy_path(size: ModelSize) -> Path:
     path = bench_cache_dir() / f"qwen2-{size.name}-seed0"
     if not (path / "model.safetensors").exists():
         tokenizer = build_tokenizer()
-        model = build_untrained(tokenizer, seed=0, hidden_size=size.hidden_size, num_layers=size.num_layers)
+        model = build_untrained(tokenizer, seed=0, **size.config_overrides())
         _save_atomically(path, model, tokenizer)
     return path
 

@@ -88,10 +88,10 @@ class PhaseTimer:
 def run_config(G: int, C: int, prompts: int, steps: int, warmup: int, model: str, now) -> dict:
     from llm_rl import GRPOConfig, GRPOTrainer
     from llm_rl.data.arithmetic import arithmetic_dataset
-    from llm_rl.trainers import grpo_trainer
+    from llm_rl.rollout import engine
     from reward_models import math_correctness
 
-    original_generate = grpo_trainer.generate_rollout
+    original_generate = engine.generate_rollout
     with tempfile.TemporaryDirectory() as output_dir:
         config = GRPOConfig(
             output_dir=output_dir, overwrite_output_dir=True, per_device_batch_size=prompts, num_generations=G,
@@ -100,7 +100,7 @@ def run_config(G: int, C: int, prompts: int, steps: int, warmup: int, model: str
         )  # fmt: skip
         trainer = GRPOTrainer(model=model, reward_funcs=[math_correctness], args=config,
                               train_dataset=arithmetic_dataset(1000, seed=0))  # fmt: skip
-        timer = PhaseTimer(trainer, grpo_trainer, now)
+        timer = PhaseTimer(trainer, engine, now)  # the module whose generate_rollout the trainer's engine calls
         try:
             for i in range(warmup + steps):
                 if i == warmup:  # count prefill positions over the measured steps only
@@ -108,7 +108,7 @@ def run_config(G: int, C: int, prompts: int, steps: int, warmup: int, model: str
                 trainer.training_step()
                 trainer.step += 1
         finally:
-            grpo_trainer.generate_rollout = original_generate
+            engine.generate_rollout = original_generate
     measured = timer.steps[warmup:]
     median = {key: statistics.median(s[key] for s in measured) for key in (*PHASES, "step")}
     B = prompts * G

@@ -4,11 +4,15 @@
     python benchmarks/vs_trl.py --steps 3 --only grpo --sizes tiny
     python benchmarks/vs_trl.py --json vs_trl.json
     python benchmarks/vs_trl.py --precision bf16   # bf16 autocast on both sides (TRL's default)
+    python benchmarks/vs_trl.py --sizes 30m --only grpo --rollout_dtype bfloat16   # llm_rl samples from a bf16 copy
 
 Needs the bench extra: ``pip install -e ".[bench]"`` (TRL for GRPO) and, for the PPO half,
-TRL 1.12.0 beside it — the last release with a PPO trainer (removed in 1.13):
-``pip install --no-deps --target /work/trl112 trl==1.12.0`` (``--trl_ppo_dir`` or
-``$LLM_RL_TRL_PPO_DIR`` point elsewhere). It goes on ``PYTHONPATH`` of the TRL PPO process only.
+TRL 1.12.0 beside it — the last release with a PPO trainer (removed in 1.13) — in a folder
+of your choice, named by ``$LLM_RL_TRL_PPO_DIR`` or ``--trl_ppo_dir`` (there is no default)::
+
+    pip install --no-deps --target DIR trl==1.12.0 && export LLM_RL_TRL_PPO_DIR=DIR
+
+It goes on ``PYTHONPATH`` of the TRL PPO process only; ``--only grpo`` needs no such folder.
 
 Each (framework, algorithm, size) trains in its own process with the same torch thread
 count, on the same model files, prompts, reward, batch, lengths, learning rate and
@@ -35,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLOCKS, SIZES, StepClock, default_threads, parameter_count, policy_path, reward_model_path, set_threads, thread_env  # noqa: E402
 from flops import format_flops, matmul_flops, update_flops  # noqa: E402
 
-DEFAULT_TRL_PPO_DIR = os.environ.get("LLM_RL_TRL_PPO_DIR", "/work/trl112")
+TRL_PPO_DIR_ENV = "LLM_RL_TRL_PPO_DIR"  # the folder TRL 1.12.0 was pip-installed into (--target); no default
 DATASET_SIZE, DATASET_SEED = 4000, 0
 SHARED_HEAD = "llm_rl_shared_value_head"  # the third PPO run: llm_rl's default critic
 
@@ -145,10 +149,16 @@ def prompt_dataset():
     return arithmetic_dataset(DATASET_SIZE, seed=DATASET_SEED)
 
 
-def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_value_head: bool = False) -> dict:
+def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_value_head: bool = False,
+               config_overrides: dict | None = None, train_dataset=None, reward_funcs: list | None = None) -> dict:
+    """``config_overrides``: more config fields (benchmarks/real_shape.py: LoRA, checkpointing); ``s["rollout_dtype"]``
+    when set (``--rollout_dtype``);
+    ``train_dataset`` / ``reward_funcs``: instead of the arithmetic prompts / the settings' reward."""
     from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
-    from llm_rl.trainers import grpo_trainer, ppo_trainer
+    from llm_rl.rollout import engine
     from reward_models import math_correctness
+
+    train_dataset = prompt_dataset() if train_dataset is None else train_dataset
 
     common = dict(
         output_dir=output_dir, overwrite_output_dir=True, per_device_batch_size=s["prompts_per_step"],
@@ -156,36 +166,38 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
         min_completion_length=s["min_completion_length"], temperature=s["temperature"], top_p=s["top_p"],
         top_k=s["top_k"], learning_rate=s["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_steps=s["total_steps"], seed=s["seed"], bf16=bf16(s), logging_steps=1,
+        **({"rollout_dtype": s["rollout_dtype"]} if s.get("rollout_dtype") else {}), **(config_overrides or {}),
     )  # fmt: skip
     if algo == "grpo":
-        module, passes = grpo_trainer, s["num_iterations"]
+        passes = s["num_iterations"]
         config = GRPOConfig(
             **common, beta=s["beta"], kl_estimator="k3", kl_in="loss", epsilon_low=s["epsilon"], epsilon_high=None,
             loss_aggregation="token_mean", scale_rewards="group", num_iterations=s["num_iterations"],
             max_grad_norm=s["max_grad_norm"],
         )  # fmt: skip
-        trainer = GRPOTrainer(model=s["model"], reward_funcs=[math_correctness], args=config, train_dataset=prompt_dataset())
+        trainer = GRPOTrainer(model=s["model"], reward_funcs=reward_funcs or [math_correctness], args=config,
+                              train_dataset=train_dataset)
     else:
-        module, passes = ppo_trainer, s["num_ppo_epochs"]
+        passes = s["num_ppo_epochs"]
         config = PPOConfig(
             **common, num_ppo_epochs=s["num_ppo_epochs"], num_mini_batches=s["num_mini_batches"], kl_coef=s["kl_coef"],
             kl_estimator="k1", cliprange=s["cliprange"], cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"],
             gamma=s["gamma"], lam=s["lam"], whiten_rewards=False, max_grad_norm=0.0,
         )  # fmt: skip
         trainer = PPOTrainer(
-            model=s["model"], reward_funcs=[s["reward"]], args=config, train_dataset=prompt_dataset(),
+            model=s["model"], reward_funcs=reward_funcs or [s["reward"]], args=config, train_dataset=train_dataset,
             value_model=None if shared_value_head else s["model"],  # None: the head reads the policy's hidden state
         )
 
     # --- instrumentation: step start, generation, first training forward ---
-    timed_generate = clock.timed_generation(module.generate_rollout)
+    timed_generate = clock.timed_generation(engine.generate_rollout)
 
     def generate_rollout(*args, **kwargs):
         rollout = timed_generate(*args, **kwargs)
         clock.count_tokens(rollout.completion_mask.sum(), rollout.attention_mask.sum() * passes)
         return rollout
 
-    module.generate_rollout = generate_rollout
+    engine.generate_rollout = generate_rollout  # what the trainer's rollout engine calls
     update_entry = trainer.update_entry
     step, first_update_call = trainer.training_step, getattr(trainer, update_entry)
     trainer.training_step = lambda: (clock.step_start(), step())[1]
@@ -196,7 +208,7 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
     return {"framework": "llm_rl", "version": getattr(llm_rl, "__version__", "0.1.0"), "dtype": str(trainer.lm.dtype)}
 
 
-def run_trl_grpo(s: dict, clock: StepClock, output_dir: str) -> dict:
+def run_trl_grpo(s: dict, clock: StepClock, output_dir: str, train_dataset=None) -> dict:
     import trl
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -221,7 +233,8 @@ def run_trl_grpo(s: dict, clock: StepClock, output_dir: str) -> dict:
             clock.step_start()
 
     trainer = GRPOTrainer(
-        model=s["model"], reward_funcs=math_correctness, args=config, train_dataset=prompt_dataset(), callbacks=[StepStart()]
+        model=s["model"], reward_funcs=math_correctness, args=config, callbacks=[StepStart()],
+        train_dataset=prompt_dataset() if train_dataset is None else train_dataset,
     )
     trainer._generate_single_turn = clock.timed_generation(trainer._generate_single_turn)
     generate_and_score, compute_loss = trainer._generate_and_score_completions, trainer.compute_loss
@@ -404,11 +417,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads in every process")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or process CPU time (use with --threads 1 on a machine shared with other jobs)")
+    parser.add_argument("--rollout_dtype", choices=["float32", "bfloat16"], default=None,
+                        help="llm_rl generates from a copy of the policy in this dtype (RLConfig.rollout_dtype); TRL as before")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                         help="fp32, or bf16 autocast over float32 weights on both sides (TRL's own default)")
     parser.add_argument("--no_ppo_shared_head", dest="ppo_shared_head", action="store_false",
                         help="skip the extra run of llm_rl's PPO with its default shared value head")
-    parser.add_argument("--trl_ppo_dir", default=DEFAULT_TRL_PPO_DIR, help="folder holding TRL 1.12.0 (pip --target)")
+    parser.add_argument("--trl_ppo_dir", default=os.environ.get(TRL_PPO_DIR_ENV),
+                        help=f"folder holding TRL 1.12.0 (pip install --no-deps --target DIR trl==1.12.0); default ${TRL_PPO_DIR_ENV}")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "ALGO", "SETTINGS"), help=argparse.SUPPRESS)
     parser.add_argument("--worker_out", help=argparse.SUPPRESS)
@@ -419,6 +435,12 @@ def main() -> None:
         return
 
     algos = [args.only] if args.only else ["grpo", "ppo"]
+    if "ppo" in algos and not args.trl_ppo_dir:
+        parser.error(
+            f"the PPO half needs TRL 1.12.0 (the last release with a PPO trainer) in a folder of its own: "
+            f"pip install --no-deps --target DIR trl==1.12.0, then export {TRL_PPO_DIR_ENV}=DIR or pass --trl_ppo_dir DIR "
+            f"(or run --only grpo)"
+        )
     check_trl(algos, args.trl_ppo_dir)
     set_threads(args.threads)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -432,6 +454,8 @@ def main() -> None:
         size_report = {}
         for algo in algos:
             s = settings(algo, size_name, total_steps, args.threads, args.precision)
+            if args.rollout_dtype:  # llm_rl's side only: TRL has no such option
+                s["rollout_dtype"] = args.rollout_dtype
             params = parameter_count(s["model"])
             trained = params if algo == "grpo" else 2 * params  # PPO also trains a critic of the same size
             frameworks = ["llm_rl", "trl"] + ([SHARED_HEAD] if algo == "ppo" and args.ppo_shared_head else [])

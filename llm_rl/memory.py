@@ -19,6 +19,10 @@ measured peaks by recipes/compare_memory.py):
   padding mask, K/V repeated to every query head, and GRPO's forward that runs each prompt
   once for its group (``llm_rl.models.forward.shared_prefix_forward``);
 - the rollout: the KV cache at its longest, plus the (B, V) buffers of each sampling step.
+- log-probs: by default every log-prob pass takes ``chunked_lm_head_logprobs``
+  (``StepShape.logprob_chunk_size`` positions' logits at a time, forward and backward), so
+  the logits term is ``tokens_per_chunk x V`` temporaries instead of the `(B, C, V)` logits;
+  no-grad passes run ``per_device_batch_size`` prompts' rows at a time.
 
 Phases run one after another, so the total is the persistent part (weights, optimizer
 state) plus the largest phase, not the sum of the rows. Not counted: the CUDA context and
@@ -139,6 +143,8 @@ class StepShape:
     reward_model: ModelShape | None = None  # a learned reward model, scored without gradients
     device: Literal["cpu", "cuda"] = "cpu"
     mixed_precision: bool = False  # accelerate's bf16 autocast (the trainers' default on CUDA with bf16)
+    # RLConfig.logprob_chunk_size: positions per chunk of the fused LM-head log-probs; 0: the model's full logits
+    logprob_chunk_size: int = 1024
 
     @classmethod
     def from_config(cls, args, prompt_length: int, value_model: str = "shared", device: str = "cuda",
@@ -164,6 +170,7 @@ class StepShape:
             device=device,
             # the trainers' rule: bf16 autocast when asked, or by default on CUDA (assumed to support bf16)
             mixed_precision=bool(args.bf16) if args.bf16 is not None else device == "cuda",
+            logprob_chunk_size=args.logprob_chunk_size,
         )
 
     @property
@@ -179,6 +186,16 @@ class StepShape:
     @property
     def seq_len(self) -> int:
         return self.prompt_length + self.completion_length
+
+    @property
+    def scoring_rows(self) -> int:
+        """Completions in one no-grad log-prob forward: ``per_device_batch_size`` prompts' (BaseRLTrainer.logprobs_no_grad)."""
+        return self.prompts * self.num_generations
+
+    @property
+    def fused_head(self) -> bool:
+        """Whether log-prob passes take ``chunked_lm_head_logprobs`` (no `(B, C, V)` logits) rather than the model's logits."""
+        return self.logprob_chunk_size > 0
 
 
 @dataclass
@@ -293,6 +310,10 @@ def training_forward_saved_bytes(m: ModelShape, step: StepShape, rows: int, logi
     other += tokens * (H * FP32 + FP32)  # final norm: fp32 input, rsqrt (also the prefix pass's)
     if lora is None:
         other += final_tokens * H * compute  # final norm's x_hat
+    if step.fused_head:  # chunked_lm_head_logprobs saves a (B, C, H) copy of its input (the final norm's
+        head_input = FP32 if step.mixed_precision and m.weight_bytes == FP32 else compute  # output), the ids,
+        other += rows * C * (H * head_input + INDEX + FP32)  # and the entropy per token; nothing of (B, C, V)
+    elif lora is None:
         other += rows * (C + 1) * H * compute  # LM head input: the last C + 1 positions (a copy, or all of them)
     if step.mixed_precision:  # autocast's bf16 copies of fp32 weights, kept by the linears that need them;
         copies = m.num_params if m.weight_bytes == FP32 else 0  # made anew in each model call (each pass)
@@ -301,10 +322,13 @@ def training_forward_saved_bytes(m: ModelShape, step: StepShape, rows: int, logi
             copies += m.lora_params(step.lora_r, step.lora_target_modules)
             copies -= sum(step.lora_r * i for n, (i, _) in qkv.items() if n in lora[0])
             copies -= sum(i * o for i, o in qkv.values()) if m.weight_bytes == FP32 else 0
-        prefix_lm_head = m.vocab_size * H if m.weight_bytes == FP32 else 0  # the prefix pass drops its logits
-        other += (len(passes) * copies - (len(passes) - 1) * prefix_lm_head) * compute
-    other += rows * T * INDEX + rows * C * FP32  # token ids (embedding, log-prob gather); log-sum-exp per token
-    return {"layers": layers, "logits": rows * (C + 1) * m.vocab_size * logits_bytes, "other": other}
+        prefix_lm_head = m.vocab_size * H if m.weight_bytes == FP32 else 0  # the prefix pass drops its logits,
+        unsaved_heads = len(passes) if step.fused_head else len(passes) - 1  # and the fused head keeps no bf16 copy
+        other += (len(passes) * copies - unsaved_heads * prefix_lm_head) * compute
+    # token ids (the embedding's; the gather's view of them on the logits path); log-sum-exp per token
+    other += (0 if step.fused_head and lora else rows * T * INDEX) + rows * C * FP32
+    logits = 0 if step.fused_head else rows * (C + 1) * m.vocab_size * logits_bytes
+    return {"layers": layers, "logits": logits, "other": other}
 
 
 def value_saved_bytes(m: ModelShape, step: StepShape, value_model: str) -> int:
@@ -320,7 +344,7 @@ def value_saved_bytes(m: ModelShape, step: StepShape, value_model: str) -> int:
     head = rows * C * H * FP32
     if value_model == "shared":
         return head
-    critic = training_forward_saved_bytes(m, replace(step, use_peft=False), rows, 0)
+    critic = training_forward_saved_bytes(m, replace(step, use_peft=False, logprob_chunk_size=0), rows, 0)
     # not the critic's: the LM head input, log-prob bookkeeping, the token ids (the policy's tensor)
     not_critic = rows * (C + 1) * H * compute_bytes(m, step) + rows * C * FP32 + rows * T * INDEX
     return critic["layers"] + critic["other"] - not_critic + head
@@ -342,18 +366,42 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
     """
     rows, T, C, V = step.update_rows, step.seq_len, step.completion_length, m.vocab_size
     compute = compute_bytes(m, step)
-    chunk = min(ENTROPY_CHUNK, rows * C) * V * FP32
-    entropy = rows * C * V * logits_bytes + (2 + (logits_bytes < FP32)) * chunk
-    logits_grad = 2 * rows * (C + 1) * V * logits_bytes + head_grad
+    if step.fused_head:  # one chunk's logits at a time (chunked_lm_head_logprobs), forward and backward
+        entropy = fused_head_bytes(m, step, rows * C)
+        logits_grad = fused_head_bytes(m, step, rows * C, backward=True) + head_grad
+    else:
+        chunk = min(ENTROPY_CHUNK, rows * C) * V * FP32
+        entropy = rows * C * V * logits_bytes + (2 + (logits_bytes < FP32)) * chunk
+        logits_grad = 2 * rows * (C + 1) * V * logits_bytes + head_grad
     top_tokens = rows * (C + 1 if forward_cache else T)  # the top layer's positions in the last forward
     mlp_grad = top_tokens * (2 * m.intermediate_size + m.hidden_size) * compute + head_grad
     held = gradients if step.gradient_accumulation_steps > 1 else 0
     return max(saved + max(entropy + forward_cache, logits_grad, mlp_grad) + held, gradients + optimizer_temp)
 
 
+def fused_head_bytes(m: ModelShape, step: StepShape, positions: int, backward: bool = False) -> int:
+    """Temporaries of ``chunked_lm_head_logprobs`` over ``positions`` tokens, ``logprob_chunk_size`` at a time.
+
+    Forward: the chunk's logits in the matmul's dtype, their fp32 copy, and logsumexp's
+    temporary or the softmax. Backward: the recomputed logits, the log-softmax turned into the
+    gradient in place, the softmax when the entropy takes a gradient, the gradient's cast for
+    the matmul, plus the fp32 accumulator of the weight's gradient when the weight is 16-bit.
+    Under autocast with fp32 weights: the weight's bf16 copy, made once per pass.
+    """
+    n, V = min(step.logprob_chunk_size, positions), m.vocab_size
+    compute = compute_bytes(m, step)
+    low = compute if compute < FP32 else 0  # the matmul's own output and the cast gradient, when not fp32
+    cast_weight = V * m.hidden_size * compute if step.mixed_precision and m.weight_bytes == FP32 else 0
+    if not backward:
+        return n * V * (2 * FP32 + low) + cast_weight
+    accumulator = V * m.hidden_size * FP32 if m.weight_bytes < FP32 and not step.use_peft else 0
+    return n * V * (2 * FP32 + 2 * low) + cast_weight + accumulator
+
+
 def no_grad_forward_bytes(m: ModelShape, rows: int, seq_len: int, completion_length: int, compute: int,
                           logits_bytes: int, with_entropy: bool = False, keep_hidden: bool = False,
-                          logits_positions: int | None = None, kv_len: int | None = None) -> int:  # fmt: skip
+                          logits_positions: int | None = None, kv_len: int | None = None,
+                          fused: StepShape | None = None) -> int:  # fmt: skip
     """Peak of a forward without gradients (reference, old-policy or value pass; also prefill).
 
     Inside a layer at most: the layer's input and the residual, q, k, v (repeated), the
@@ -362,6 +410,7 @@ def no_grad_forward_bytes(m: ModelShape, rows: int, seq_len: int, completion_len
     last C + 1 positions, the logits, and (PPO) the entropy's copy of the logits.
     ``keep_hidden``: ``output_hidden_states`` holds every layer's output (PPO's value head).
     ``kv_len``: key positions, when the tokens also attend to a cached prefix.
+    ``fused``: the step, when its log-probs come from ``chunked_lm_head_logprobs`` (chunks of logits).
     """
     H, I, attn = m.hidden_size, m.intermediate_size, m.num_heads * m.head_dim
     tokens, kv_len = rows * seq_len, kv_len or seq_len
@@ -369,6 +418,10 @@ def no_grad_forward_bytes(m: ModelShape, rows: int, seq_len: int, completion_len
     attention = (tokens * (2 * H + 4 * attn) + rows * kv_len * (2 * attn + seq_len)) * compute  # + k, v, mask
     mlp = tokens * (3 * H + 3 * I) * compute
     positions = completion_length + 1 if logits_positions is None else logits_positions
+    if fused is not None and completion_length > 0:  # the head's input slice, its copy, then one chunk's logits
+        head = tokens * H * compute + 2 * rows * positions * H * compute
+        head += fused_head_bytes(m, fused, rows * completion_length)
+        return kept + max(attention, mlp, head)
     head = tokens * H * compute + rows * positions * (H * compute + m.vocab_size * logits_bytes)
     head += 2 * completion_length * m.vocab_size * FP32  # one row's log-sum-exp temporaries
     if with_entropy:
@@ -381,14 +434,15 @@ def scoring_pass_bytes(m: ModelShape, step: StepShape, rows: int, group_size: in
     """Peak of a no-grad log-prob pass over ``rows`` completions; with groups, the shared-prefix one
     (prefix, then its cache repeated G times and grown over the completion: all layers' keys and values)."""
     T, C, P = step.seq_len, step.completion_length, step.prompt_length
+    fused = step if step.fused_head else None
     if not shares_prefix(step, group_size):
-        return no_grad_forward_bytes(m, rows, T, C, compute, logits_bytes, with_entropy, keep_hidden)
+        return no_grad_forward_bytes(m, rows, T, C, compute, logits_bytes, with_entropy, keep_hidden, fused=fused)
     prompts = rows // group_size
     prefix = kv_cache_bytes(m, prompts, P - 1, compute) + no_grad_forward_bytes(
         m, prompts, P - 1, 0, compute, compute, logits_positions=1
     )
     rest = kv_cache_bytes(m, rows, T, compute) + no_grad_forward_bytes(
-        m, rows, C + 1, C, compute, logits_bytes, with_entropy, keep_hidden, kv_len=T
+        m, rows, C + 1, C, compute, logits_bytes, with_entropy, keep_hidden, kv_len=T, fused=fused
     )
     return max(prefix, rest)
 
@@ -425,14 +479,14 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     lora_params = m.lora_params(step.lora_r, step.lora_target_modules) if step.use_peft else 0
     c["lora_adapter"] = lora_params * FP32  # peft keeps adapters in fp32 (autocast_adapter_dtype)
     c["reference_weights"] = m.num_params * wb if step.reference and not step.use_peft else 0
-    c["critic_weights"] = m.num_params * wb if value_model == "separate" else 0
+    # a separate critic is a backbone with a value head: no LM head (an untied one is V x H weights)
+    critic_params = m.num_params - (0 if m.tie_word_embeddings else V * H)
+    c["critic_weights"] = critic_params * wb if value_model == "separate" else 0
     c["value_head"] = (H + 1) * FP32 if ppo else 0
     rm = step.reward_model
     c["reward_model_weights"] = reward_model_params(rm) * rm.weight_bytes if rm else 0
     trainable = c["lora_adapter"] + c["value_head"] + (0 if step.use_peft else c["policy_weights"])
-    # a separate critic's LM head gets no gradient (only its hidden states are read), so AdamW skips it
-    critic_trained = (m.num_params - (0 if m.tie_word_embeddings else V * H)) * wb if value_model == "separate" else 0
-    c["gradients"] = trainable + critic_trained
+    c["gradients"] = trainable + c["critic_weights"]
     c["optimizer_state"] = 2 * c["gradients"]  # exp_avg and exp_avg_sq, in each parameter's dtype
 
     # --- the update: one micro-batch forward + backward, then the AdamW step
@@ -458,8 +512,9 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     )
     rollout = max(prefill, c["kv_cache"] + growth + c["sampling_buffers"])
 
-    # --- no-grad passes over the whole rollout (reference and GRPO's old policy: each prompt once per group)
-    all_rows, G = step.rollout_rows, step.num_generations
+    # --- no-grad passes (reference and GRPO's old policy: each prompt once per group), in micro-batches
+    # of per_device_batch_size prompts' rows (BaseRLTrainer.logprobs_no_grad, PPO's old-policy pass)
+    all_rows, G = step.scoring_rows, step.num_generations
     passes = [0]
     if step.reference:
         passes.append(scoring_pass_bytes(m, step, all_rows, G, compute, compute))
@@ -467,14 +522,15 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     # instead (PPOTrainer.fuses_first_pass)
     fused = step.num_mini_batches == 1 and step.gradient_accumulation_steps == 1
     if ppo and not fused:  # log-probs, entropy and values of the rollout policy in one forward, then the critic's
-        passes.append(no_grad_forward_bytes(m, all_rows, T, C, compute, compute, True, value_model == "shared"))
+        passes.append(no_grad_forward_bytes(m, all_rows, T, C, compute, compute, True, value_model == "shared",
+                                            fused=step if step.fused_head else None))  # fmt: skip
         if value_model == "separate":
             passes.append(no_grad_forward_bytes(m, all_rows, T, 0, compute, compute, keep_hidden=True, logits_positions=1))
     elif step.num_iterations > 1:
         passes.append(scoring_pass_bytes(m, step, all_rows, G, compute, compute))
     c["logprob_pass"] = max(passes)
     # a learned reward scores LearnedReward's default 32 rows at a time, in its own dtype
-    score = no_grad_forward_bytes(rm, min(all_rows, 32), T, 0, rm.weight_bytes, rm.weight_bytes, logits_positions=0) if rm else 0
+    score = no_grad_forward_bytes(rm, min(step.rollout_rows, 32), T, 0, rm.weight_bytes, rm.weight_bytes, logits_positions=0) if rm else 0
 
     phases = {"rollout": rollout, "score": score, "logprobs": c["logprob_pass"], "update": update}
     weights = sum(c[k] for k in WEIGHT_COMPONENTS)

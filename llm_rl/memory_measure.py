@@ -107,6 +107,46 @@ class PhaseRecorder:
         return wrapped
 
 
+class TensorMeter:
+    """Peak bytes of the tensors created inside ``with TensorMeter() as meter:``, on any device (CPU too).
+
+    A ``TorchDispatchMode`` sees every op's outputs, backward's included; each new storage is
+    held by a weak reference, so it leaves the count as soon as torch frees it. ``peak``: the
+    largest sum of live storages at an op boundary; ``largest``: the biggest single storage.
+    Exact and allocator-free, for comparing two computations in a test; it slows each op down.
+    """
+
+    def __init__(self):
+        self.peak, self.largest, self._live = 0, 0, {}
+
+    def __enter__(self) -> TensorMeter:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        meter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if hasattr(t, "untyped_storage"):
+                        storage = t.untyped_storage()
+                        if storage._cdata not in meter._live:
+                            meter._live[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
+                            meter.largest = max(meter.largest, storage.nbytes())
+                meter._live = {k: v for k, v in meter._live.items() if not v[0].expired()}
+                meter.peak = max(meter.peak, sum(size for _, size in meter._live.values()))
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
 # ---------------------------------------------------------------------------------- the worker
 def _warm_up(spec: dict) -> None:
     """One step of the same trainer on a toy model (one layer, 32 wide), then free it all.
@@ -162,7 +202,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from llm_rl.models import loading
-    from llm_rl.trainers import grpo_trainer, ppo_trainer
+    from llm_rl.rollout import engine
 
     torch.set_num_threads(spec.get("num_threads", 1))
     on_cuda = torch.cuda.is_available()
@@ -181,10 +221,11 @@ def measure(spec: dict) -> dict:
         return wrapped
 
     # wrapped in every module that imported it (policy, critic, a reference loaded anew), for this process only
-    load = loading.load_causal_lm
-    for module in [m for name, m in sys.modules.items() if name.startswith("llm_rl.")]:
-        if getattr(module, "load_causal_lm", None) is load:
-            module.load_causal_lm = load_with_baseline(load)
+    for loader in ("load_causal_lm", "load_backbone"):
+        load = getattr(loading, loader)
+        for module in [m for name, m in sys.modules.items() if name.startswith("llm_rl.")]:
+            if getattr(module, loader, None) is load:
+                setattr(module, loader, load_with_baseline(load))
     widths = set()  # (prompt, completion) widths of the rollouts, to compare with the predicted lengths
 
     def rollout_widths(generate):
@@ -195,8 +236,7 @@ def measure(spec: dict) -> dict:
 
         return wrapped
 
-    for module in (grpo_trainer, ppo_trainer):
-        module.generate_rollout = recorder.around(rollout_widths(module.generate_rollout), "rollout")
+    engine.generate_rollout = recorder.around(rollout_widths(engine.generate_rollout), "rollout")  # the trainers' engine
 
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = _build_trainer(spec, output_dir)

@@ -1,14 +1,16 @@
-"""What the recipes share: their script arguments, data, rewards and evaluation, in one place."""
+"""What the recipes share: their script arguments, data, rewards and evaluation, in one place.
+
+Their command line (``parse``, ``--config``, ``--debug``) and error handling (``run``) are
+``llm_rl.cli``'s, which any script can use the same way.
+"""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from llm_rl.cli import parse_args, run  # noqa: F401  (run: what each recipe's __main__ calls)
 from llm_rl.data import heldout_arithmetic, load_gsm8k, load_task
-from llm_rl.data.arithmetic import greedy_accuracy
+from llm_rl.data.arithmetic import greedy_accuracy, unseen_arithmetic
 from llm_rl.trainers.config import ConfigError
 from reward_models import format_reward, make_length_penalty, math_correctness
 
@@ -41,33 +43,44 @@ class ScriptArguments:
     )
     eval_size: int = field(default=200, metadata={"help": "Held-out problems for greedy accuracy (arithmetic and GSM8K)."})
 
+    def __post_init__(self) -> None:
+        if self.reward == "rule":
+            unknown_rewards(self.rewards)
+
+
+def unknown_rewards(names: str) -> None:
+    unknown = [n.strip() for n in names.split(",") if n.strip() not in REWARDS]
+    if unknown:
+        raise ConfigError(
+            f"Invalid config: rewards names unknown reward(s) {unknown}; choose from {', '.join(REWARDS)} "
+            f"(or write your own, see README)"
+        )
+
 
 def parse(config_class, defaults: dict | None = None, argv: list[str] | None = None):
-    """``(script_args, config)`` from the command line; ``--help`` lists every field of both."""
-    parser = HfArgumentParser((ScriptArguments, config_class))
-    if defaults:
-        parser.set_defaults(**defaults)
-    try:
-        return parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
-    except ConfigError as error:  # an argparse-style one-line error, not a traceback from inside the dataclass
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    """``(script_args, config)`` from the command line and ``--config FILE``; ``--help`` lists every field of both."""
+    return parse_args((ScriptArguments, config_class), defaults, argv)
 
 
 def reward_functions(names: str, reward: str = "rule") -> list:
     """The rule-based reward functions named in ``names``, or a learned reward model's folder."""
     if reward != "rule":
         return [reward]  # the trainer loads it as a reward_models.LearnedReward
-    unknown = [n for n in names.split(",") if n.strip() not in REWARDS]
-    if unknown:
-        raise SystemExit(f"unknown reward {unknown}; choose from {sorted(REWARDS)} (or write your own, see README)")
+    unknown_rewards(names)
     return [REWARDS[n.strip()]() for n in names.split(",")]
 
 
 def train_and_eval_data(script_args: ScriptArguments, seed: int):
-    """The training prompts, and a held-out set with gold answers when the task has one."""
+    """The training prompts, and the evaluation sets with gold answers when the task has them.
+
+    The second value is ``None``, one dataset (logged as ``accuracy``), or, for the embedded
+    arithmetic task, ``{"accuracy": draws from the whole task, "accuracy_unseen": draws from
+    the unseen split that training never draws}`` (see ``llm_rl.data.arithmetic``).
+    """
     train = load_task(script_args.dataset, split=script_args.dataset_split, prompt_column=script_args.prompt_column, seed=seed)
     if script_args.dataset == "arithmetic":
-        return train, heldout_arithmetic(script_args.eval_size)
+        return train, {"accuracy": heldout_arithmetic(script_args.eval_size),
+                       "accuracy_unseen": unseen_arithmetic(script_args.eval_size)}
     if "gsm8k" in script_args.dataset.lower():
         source = "openai/gsm8k" if script_args.dataset == "gsm8k" else script_args.dataset
         test = load_gsm8k(source, split="test")
@@ -76,7 +89,14 @@ def train_and_eval_data(script_args: ScriptArguments, seed: int):
 
 
 def accuracy_eval_fn(heldout, max_new_tokens: int):
-    """``eval_fn`` for the trainers: greedy accuracy on ``heldout`` (None: no evaluation)."""
+    """``eval_fn`` for the trainers: greedy accuracy on each evaluation set (None: no evaluation).
+
+    ``heldout`` is one dataset (its key is ``accuracy``) or ``{metric name: dataset}``; every set
+    is scored the same way (greedy, ``max_new_tokens``, ``math_correctness``'s number matching).
+    """
     if heldout is None:
         return None
-    return lambda model, tokenizer: {"accuracy": greedy_accuracy(model, tokenizer, heldout, max_new_tokens=max_new_tokens)}
+    sets = heldout if isinstance(heldout, dict) else {"accuracy": heldout}
+    return lambda model, tokenizer: {
+        name: greedy_accuracy(model, tokenizer, data, max_new_tokens=max_new_tokens) for name, data in sets.items()
+    }

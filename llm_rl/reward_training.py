@@ -35,9 +35,11 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 
 from llm_rl.core import bradley_terry_loss
 from llm_rl.data.arithmetic import ArithmeticSpec, make_problem
-from llm_rl.data.prompts import load_source
+from llm_rl.data.prompts import PromptDataError, load_source
+from llm_rl.errors import OutputDirError
 from llm_rl.models.loading import load_tokenizer, resolve_model_path
 from llm_rl.trainers.checkpoint import write_folder_atomically
+from llm_rl.trainers.config import ConfigError
 from reward_models._text import is_conversation
 from reward_models.learned import pad_right, reward_model_inputs
 
@@ -86,18 +88,18 @@ def load_preference_pairs(source, split: str = "train") -> Dataset:
     where = repr(str(source)) if isinstance(source, (str, Path)) else "passed in"
     missing = [c for c in PAIR_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(
+        raise PromptDataError(
             f"The preference dataset {where} lacks the column(s) {missing}; its columns are {dataset.column_names}. "
             f"A preference pair needs 'prompt', 'chosen' and 'rejected' (rename yours, e.g. "
             f"dataset.rename_column('response_a', 'chosen'))."
         )
     if len(dataset) == 0:
-        raise ValueError(f"The preference dataset {where} (split {split!r}) has no rows. Point at a file or split that holds pairs.")
+        raise PromptDataError(f"The preference dataset {where} (split {split!r}) has no rows. Point at a file or split that holds pairs.")
     dataset = dataset.select_columns(list(PAIR_COLUMNS))
     for column in PAIR_COLUMNS:
         for row, value in enumerate(dataset[column]):
             if not (isinstance(value, str) or is_conversation(value)):
-                raise ValueError(
+                raise PromptDataError(
                     f"Row {row} of column {column!r} in {where} is {type(value).__name__} {value!r:.80}; it must be a "
                     f"string or a chat (a list of role/content messages). Fill or drop that row."
                 )
@@ -111,7 +113,7 @@ def split_by_prompt(dataset: Dataset, eval_fraction: float, seed: int) -> tuple[
     keys = [json.dumps(p, sort_keys=True) for p in dataset["prompt"]]  # chats are lists: hash their JSON
     prompts = sorted(set(keys))
     if len(prompts) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"eval_fraction={eval_fraction} needs at least 2 distinct prompts to hold some out, the data has "
             f"{len(prompts)}. Pass --eval_fraction 0 to train without evaluation."
         )
@@ -182,7 +184,7 @@ class RewardModelConfig:
         ]  # fmt: skip
         errors = [message for ok, message in checks if not ok]
         if errors:
-            raise ValueError("RewardModelConfig: " + "; ".join(errors) + ".")
+            raise ConfigError("RewardModelConfig: " + "; ".join(errors) + ".")
 
 
 # ----------------------------------------------------------------------------- training
@@ -190,7 +192,7 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, accelerator: Accelerat
     """Refuse a folder that holds another run's metrics, unless told to overwrite them."""
     if (output_dir / "metrics.jsonl").exists():
         if not overwrite:
-            raise FileExistsError(
+            raise OutputDirError(
                 f"output_dir {str(output_dir)!r} already holds a run (metrics.jsonl). Choose another --output_dir, "
                 f"or pass --overwrite_output_dir to replace it."
             )

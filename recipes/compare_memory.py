@@ -4,6 +4,7 @@
     python recipes/compare_memory.py --hidden_size 512 --num_layers 12    # a ~50M-parameter Qwen2 from a config
     python recipes/compare_memory.py --predict_only --model qwen2.5-7b --use_peft   # from the config alone
     accelerate launch recipes/compare_memory.py                           # the main process measures one device
+    python recipes/compare_memory.py --config recipes/configs/compare_memory.yaml   # flags override the file
 
 Same model, prompts per step and sequence lengths for every trainer: PPO with a separate
 critic and with a value head on the policy (``--ppo_value``), GRPO with no critic and G
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from transformers import HfArgumentParser
-
+from llm_rl.cli import parse_args, run
+from llm_rl.errors import UserError
 from llm_rl.memory import PRESETS, ModelShape, StepShape, predict_memory
 from llm_rl.memory_measure import (
     comparison_markdown,
@@ -86,8 +87,12 @@ def longest_arithmetic_prompt(path: str) -> int:
     return max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in arithmetic_dataset(256, seed=0)["prompt"])
 
 
+ARGUMENTS = (CompareArguments,)  # recipes/configs/compare_memory.yaml writes out its defaults
+TINY_DEFAULTS = {}
+
+
 def main(argv=None) -> dict | None:
-    (args,) = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_args(ARGUMENTS, TINY_DEFAULTS, argv)
     if int(os.environ.get("RANK", "0")) != 0:
         return None  # under a multi-process launch, the main process measures; memory is per device
     import torch
@@ -99,7 +104,7 @@ def main(argv=None) -> dict | None:
     with tempfile.TemporaryDirectory() as workdir:
         path, shape, name = resolve_model(args, workdir)
         if path is None and not args.predict_only:
-            raise SystemExit(f"{args.model} is a preset shape, not weights: add --predict_only")
+            raise UserError(f"{args.model} is a preset shape, not weights: add --predict_only to predict its memory")
         prompt_length = args.prompt_length or (256 if args.predict_only else longest_arithmetic_prompt(path))
         reward = ModelShape.from_config(args.reward_model) if args.reward_model else None
         runs = {"ppo": "separate", "ppo_shared": "shared", "grpo": "none"}
@@ -134,4 +139,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # a user error: one paragraph and exit status 2 (--debug: the traceback)

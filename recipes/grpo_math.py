@@ -1,18 +1,19 @@
 """GRPO on math word problems: the embedded tiny model on arithmetic by default.
 
     accelerate launch recipes/grpo_math.py                      # or: python recipes/grpo_math.py
-    accelerate launch recipes/grpo_math.py --model Qwen/Qwen2.5-0.5B-Instruct --dataset gsm8k \
-        --max_completion_length 256 --learning_rate 1e-6 --per_device_batch_size 4
-    python recipes/grpo_math.py --help                          # every option
+    accelerate launch recipes/grpo_math.py --config recipes/configs/grpo_gsm8k_qwen2.5-0.5b.yaml   # GSM8K, Qwen2.5-0.5B
+    python recipes/grpo_math.py --config recipes/configs/grpo_math.yaml --max_steps 50   # flags override the file
+    python recipes/grpo_math.py --help                          # every option; --debug shows an error's traceback
 
 Writes to --output_dir: metrics.jsonl, eval.json (greedy accuracy before/after),
 reward_curve.png, and the trained model in final/ (loadable with from_pretrained).
 """
 
 from llm_rl import GRPOConfig, GRPOTrainer
-from llm_rl.recipe_utils import accuracy_eval_fn, parse, reward_functions, train_and_eval_data
+from llm_rl.recipe_utils import ScriptArguments, accuracy_eval_fn, parse, reward_functions, run, train_and_eval_data
 
-# Defaults tuned for the tiny model on a 2-core CPU; override any of them on the command line.
+ARGUMENTS = (ScriptArguments, GRPOConfig)  # every option; recipes/configs/grpo_math.yaml writes out their defaults
+# Defaults tuned for the tiny model on a 2-core CPU; override any of them on the command line or in --config.
 TINY_DEFAULTS = {"output_dir": "outputs/grpo_math", "eval_steps": 100}
 
 
@@ -33,4 +34,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # a user error (bad path, data, setting): one paragraph and exit status 2, not a traceback

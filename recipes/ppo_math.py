@@ -3,7 +3,8 @@
     accelerate launch recipes/ppo_math.py                       # or: python recipes/ppo_math.py
     python recipes/ppo_math.py --reward outputs/reward_model/final   # a learned reward model
     python recipes/ppo_math.py --kl_controller adaptive --cliprange None   # PPO-penalty
-    python recipes/ppo_math.py --help                           # every option
+    python recipes/ppo_math.py --config recipes/configs/ppo_math.yaml --max_steps 50   # flags override the file
+    python recipes/ppo_math.py --help                           # every option; --debug shows an error's traceback
 
 Writes to --output_dir: metrics.jsonl (also value_loss, explained_variance, kl_coef,
 returns_mean), eval.json, reward_curve.png, and final/ (the policy, loadable with
@@ -11,8 +12,9 @@ from_pretrained, plus value_head.safetensors).
 """
 
 from llm_rl import PPOConfig, PPOTrainer
-from llm_rl.recipe_utils import accuracy_eval_fn, parse, reward_functions, train_and_eval_data
+from llm_rl.recipe_utils import ScriptArguments, accuracy_eval_fn, parse, reward_functions, run, train_and_eval_data
 
+ARGUMENTS = (ScriptArguments, PPOConfig)  # every option; recipes/configs/ppo_math.yaml writes out their defaults
 TINY_DEFAULTS = {"output_dir": "outputs/ppo_math", "eval_steps": 100}
 
 
@@ -34,4 +36,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # a user error: one paragraph and exit status 2 (--debug: the traceback)

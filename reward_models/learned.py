@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_models._text import is_conversation, message_text
+from reward_models.combine import RewardError, RewardModelNotFoundError
 
 TRAIN_HINT = (
     "Train one with `python recipes/train_reward_model.py` "
@@ -82,7 +83,7 @@ def _check_path(name_or_path: str) -> None:
     """Fail early, naming the path, for a local folder that is missing or is not a model."""
     if os.path.isdir(name_or_path):
         if not os.path.isfile(os.path.join(name_or_path, "config.json")):
-            raise FileNotFoundError(
+            raise RewardModelNotFoundError(
                 f"Reward model folder {name_or_path!r} holds no config.json, so it is not a saved model. {TRAIN_HINT}"
             )
         return
@@ -92,7 +93,7 @@ def _check_path(name_or_path: str) -> None:
         or name_or_path.count("/") > 1 or "\\" in name_or_path
     )
     if looks_local or os.path.exists(name_or_path):
-        raise FileNotFoundError(
+        raise RewardModelNotFoundError(
             f"No reward model folder at {name_or_path!r}: the path does not exist or is not a folder. "
             f"Pass the folder a reward model was saved to. {TRAIN_HINT}"
         )
@@ -106,13 +107,13 @@ def check_reward_config(config, source: str, model_class: str | None = None) -> 
     """
     architectures = getattr(config, "architectures", None) or ([model_class] if model_class else [])
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(
+        raise RewardError(
             f"{source} is a {', '.join(architectures)}, not a sequence-classification reward model: it has no trained "
             f"scalar score head (loading it as one would attach a random head), so its rewards would be meaningless. "
             f"Pass a reward model instead. {TRAIN_HINT}"
         )
     if config.num_labels != 1:
-        raise ValueError(
+        raise RewardError(
             f"{source} has num_labels={config.num_labels}, but a reward model outputs one scalar per sample (num_labels=1). "
             f"A classifier with several labels is not a reward model. {TRAIN_HINT}"
         )
@@ -146,14 +147,14 @@ class LearnedReward:
             config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except OSError as error:
             message = f"Could not load a reward model config from {name_or_path!r} ({error}). {TRAIN_HINT}"
-            raise FileNotFoundError(message) from error
+            raise RewardModelNotFoundError(message) from error
         check_reward_config(config, repr(name_or_path))  # before loading: a causal LM would load "fine" with a random head
         model, loading_info = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True
         )
         if loading_info["missing_keys"]:
             missing = sorted(loading_info["missing_keys"])
-            raise ValueError(
+            raise RewardError(
                 f"{name_or_path!r} lacks weights {missing}: they would be random, and so would the rewards. {TRAIN_HINT}"
             )
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -30,8 +30,38 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def warm_tiny_model_dir():
+    """The embedded, warm-started tiny model (built once, about a minute, then cached): its completions
+    get varied math_correctness rewards, where the random model's get all 0 and train nothing."""
+    from llm_rl.models.tiny import ensure_tiny_model
+
+    return str(ensure_tiny_model(log=lambda *_: None))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change: start these tests from none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's own test suite does the same
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
 def gsm8k_dir():
     path = SHARED_DATA / "gsm8k"
     if not (path / "test.jsonl").exists():
         pytest.skip("../shared/data/gsm8k is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_like_dir(tmp_path_factory):
+    """A saved checkpoint with a real Qwen2.5-Instruct checkpoint's conditions (see realistic_checkpoint.py):
+    bf16 weights, untied head, 20k-token vocabulary, two EOS ids with pad == one of them, sampling settings
+    and a repetition penalty (2.0, large so that its effect shows) in generation_config.json, and a
+    chat template with a default system prompt."""
+    from realistic_checkpoint import build_qwen_like_checkpoint
+
+    return str(build_qwen_like_checkpoint(tmp_path_factory.mktemp("qwen-like"), repetition_penalty=2.0))

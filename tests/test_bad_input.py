@@ -23,10 +23,12 @@ from datasets import Dataset
 from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig
 from llm_rl.core import group_advantages
 from llm_rl.data import PromptDataError, load_prompts
+from llm_rl.errors import CheckpointNotFoundError, ModelLoadError, ModelNotFoundError, OutputDirError
 from llm_rl.models.loading import load_tokenizer, resolve_model_path
 from llm_rl.recipe_utils import parse
 from llm_rl.trainers.config import ConfigError
 from reward_models import LearnedReward, RewardError, compute_rewards
+from reward_models.combine import RewardModelNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_CODE = (ROOT / "llm_rl", ROOT / "reward_models")
@@ -138,9 +140,9 @@ CASES = [
          PromptDataError, r"prompts are chats .* no chat template.*Use a tokenizer .* that has one"),
     # model and tokenizer
     Case("model_path_missing", lambda ctx: resolve_model_path("./no/such/model"),
-         FileNotFoundError, r"Model path './no/such/model' does not exist\. Pass a folder saved with save_pretrained"),
+         ModelNotFoundError, r"Model path './no/such/model' does not exist\. Pass a folder saved with save_pretrained"),
     Case("model_hub_name_offline", lambda ctx: _grpo(ctx, model="nobody-llm-rl/no-such-model"),
-         OSError, r"Could not load a tokenizer from 'nobody-llm-rl/no-such-model'\. The hub is unreachable .*Pass a local folder"),
+         ModelLoadError, r"Could not load a tokenizer from 'nobody-llm-rl/no-such-model'\. The hub is unreachable .*Pass a local folder"),
     Case("tokenizer_without_pad_token", lambda ctx: load_tokenizer(_saved_tokenizer_without_pad(ctx)),
          UserWarning, r"has no pad token; using its EOS token '<\|endoftext\|>' for padding"),
     Case("processing_class_without_pad_token",
@@ -160,15 +162,15 @@ CASES = [
     Case("reward_wrong_count", lambda ctx: _rewards(_wrong_count),
          RewardError, r"'_wrong_count' returned 3 rewards for 4 completions .*one float, or None .* per completion"),
     Case("reward_none_for_every_sample", lambda ctx: _rewards(_all_none),
-         RewardError, r"'_all_none' returned None for all 4 samples .*remove it from the reward functions"),
+         RewardError, r"No reward function applies to sample 0 .*all of \['_all_none'\] returned None for it"),
     Case("reward_nan", lambda ctx: _rewards(_nan),
          RewardError, r"'_nan' returned nan for sample 1 \(completion: '5'\); rewards must be finite\. Return None"),
     Case("reward_inf", lambda ctx: _rewards(_inf),
          RewardError, r"'_inf' returned inf for sample 2 .*rewards must be finite"),
     Case("reward_model_is_a_causal_lm", lambda ctx: _grpo(ctx, rewards=[ctx.model]),
-         ValueError, r"is a Qwen2ForCausalLM, not a sequence-classification reward model.*Train one with"),
+         RewardError, r"is a Qwen2ForCausalLM, not a sequence-classification reward model.*Train one with"),
     Case("reward_model_path_missing", lambda ctx: LearnedReward("./no/such/reward_model"),
-         FileNotFoundError, r"No reward model folder at './no/such/reward_model'.*Pass the folder"),
+         RewardModelNotFoundError, r"No reward model folder at './no/such/reward_model'.*Pass the folder"),
     # config values
     Case("learning_rate_negative", lambda ctx: GRPOConfig(learning_rate=-1e-5),
          ConfigError, r"learning_rate must be a finite number > 0, got -1e-05"),
@@ -190,11 +192,11 @@ CASES = [
          SystemExit, r"error: argument --max_steps.*: invalid int value: 'ten'$"),
     # output folder and resume
     Case("output_dir_holds_metrics", lambda ctx: _grpo(ctx, output_dir=_earlier_run(ctx, "metrics.jsonl")),
-         FileExistsError, r"already holds a run .*another --output_dir, pass --overwrite_output_dir .*--resume_from_checkpoint latest"),
+         OutputDirError, r"already holds a run .*another --output_dir, pass --overwrite_output_dir .*--resume_from_checkpoint latest"),
     Case("output_dir_holds_checkpoints", lambda ctx: _grpo(ctx, output_dir=_earlier_run(ctx, "checkpoint-3")),
-         FileExistsError, r"already holds a run"),
+         OutputDirError, r"already holds a run"),
     Case("resume_without_checkpoint", lambda ctx: _grpo(ctx, resume_from_checkpoint="latest").train(),
-         FileNotFoundError, r"No complete checkpoint found for resume_from_checkpoint='latest'.*start without --resume_from_checkpoint"),
+         CheckpointNotFoundError, r"No complete checkpoint found for resume_from_checkpoint='latest'.*start without --resume_from_checkpoint"),
 ]
 
 

@@ -52,3 +52,98 @@ def test_throughput_prefills_each_prompt_once_whatever_the_group_size(tiny_model
         assert row["step"] >= sum(row[phase] for phase in PHASES)
     # the same two prompts at G = 2 and G = 4: prefill positions per prompt do not grow with G
     assert rows[0]["prefill_tokens_per_prompt"] == rows[1]["prefill_tokens_per_prompt"] > 0
+
+
+# ---------------------------------------------------------------------------- real_shape.py and gpu_check.sh
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+RUN_FIGURES = ("peak_memory_mb", "predicted_memory_mb", "state_memory_mb", "step_seconds", "generated_tokens_per_second")
+
+
+def test_real_shape_prompts_tokenize_to_exactly_the_asked_length(tiny_tokenizer):
+    from real_shape import fixed_length_prompts
+
+    for length in (24, 64):
+        prompts = fixed_length_prompts(tiny_tokenizer, 12, length)
+        lengths = {len(tiny_tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts["prompt"]}
+        assert lengths == {length}
+        assert all(p.endswith(" Answer:") for p in prompts["prompt"])  # the problem is kept whole, at the end
+        assert len(set(prompts["prompt"])) == 12
+
+
+def test_real_shape_state_memory_is_what_predict_memory_counts(monkeypatch):
+    """fp32 weights, reference copy, gradients, two AdamW moments: 5 x 4 bytes a parameter (full GRPO);
+    LoRA: the weights, then 4 x 4 bytes an adapter parameter (itself, its gradient, two moments)."""
+    import real_shape
+
+    from llm_rl.memory import PRESETS, ModelShape
+
+    shape = ModelShape(**{**PRESETS["qwen2.5-0.5b"].__dict__, "dtype": "float32"})
+    monkeypatch.setattr(ModelShape, "from_config", classmethod(lambda cls, config: shape))  # no folder needed
+    s = {"model": "unused", "prompt_length": 64, "max_completion_length": 128, "prompts_per_step": 2,
+         "num_generations": 8, "ppo_prompts_per_step": 16, "num_mini_batches": 1, "rollout_dtype": None,
+         "precision": real_shape.PRECISIONS["fp32"]}  # fmt: skip
+    grpo, lora, trl = (real_shape.predicted(n, s, "cpu") for n in ("llm_rl_grpo", "llm_rl_grpo_lora", "trl_grpo"))
+    assert grpo["state_memory_mb"] == pytest.approx(5 * 4 * shape.num_params / 2**20)
+    assert trl["state_memory_mb"] == grpo["state_memory_mb"] and trl["predicted_memory_mb"] is None
+    assert lora["state_memory_mb"] == pytest.approx((4 * shape.num_params + 4 * 4 * shape.lora_params(16)) / 2**20)
+    assert grpo["predicted_memory_mb"] > grpo["state_memory_mb"]
+    bf16_copy = real_shape.predicted("llm_rl_grpo", {**s, "rollout_dtype": "bfloat16"}, "cpu")
+    assert bf16_copy["state_memory_mb"] - grpo["state_memory_mb"] == pytest.approx(2 * shape.num_params / 2**20)
+
+
+@pytest.mark.slow
+def test_real_shape_smoke_run_writes_the_documented_json(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "real_shape.json"
+    cmd = [sys.executable, str(BENCHMARKS / "real_shape.py"), "--size", "smoke", "--only", "llm_rl_grpo",
+           "--steps", "1", "--warmup", "0", "--json", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["size"] == "smoke" and report["settings"]["prompt_length"] == 64
+    run = report["runs"]["llm_rl_grpo"]
+    assert run["status"] == "ok"
+    for key in RUN_FIGURES:
+        assert run[key] > 0, key
+    assert run["tokens_per_row"] == 64 + report["settings"]["max_completion_length"]  # exact prompts, forced length
+    shares = run["generation_share"] + run["logprob_share"] + run["update_share"]
+    assert shares == pytest.approx(1.0)
+    assert "llm_rl_grpo" in result.stdout and "peak memory above baseline MB" in result.stdout
+
+
+@pytest.mark.slow
+def test_real_shape_reports_a_run_out_of_memory_instead_of_failing(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "real_shape.json"
+    cmd = [sys.executable, str(BENCHMARKS / "real_shape.py"), "--size", "smoke", "--only", "llm_rl_grpo",
+           "--steps", "1", "--warmup", "0", "--memory_limit_gb", "0.5", "--json", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run = json.loads(out.read_text())["runs"]["llm_rl_grpo"]
+    assert run["status"] == "out of memory" and run["predicted_memory_mb"] > 0
+    assert "out of memory" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu_writes_its_figures(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                            capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] is True and report["failed_steps"] == []
+    assert report["cuda_tests"]["tests"] >= 1  # collected; skipped here, without CUDA
+    step = report["bf16_grpo_step"]
+    assert step["status"] == "ok" and step["precision"].startswith("float32 weights, bf16 autocast")
+    assert step["peak_memory_mb"] > 0 and step["predicted_memory_mb"] > 0
+    rollout = report["rollout_dtype"]
+    assert rollout["float32"]["rollout_dtype"] == "float32" and rollout["bfloat16"]["rollout_dtype"] == "bfloat16"
+    assert rollout["bfloat16_over_float32_generated_tokens_per_second"] > 0

@@ -218,3 +218,146 @@ def test_micro_batches_weighted_by_denominator_equal_global_aggregate(mode):
     combined = sum(aggregate_loss(x, m, mode) * aggregation_denominator(m, mode) / total for x, m in parts)
     assert torch.allclose(combined, aggregate_loss(loss, mask, mode), atol=1e-6)
     assert aggregation_denominator(mask, mode).item() == (mask.sum().item() if mode == "token_mean" else 6)
+
+
+# ---- GSPO: sequence-level ratio and clip ----
+
+
+def _rows(log_ratios, advantages, lengths, **kwargs):
+    """Policy loss on rows whose old log-probs are 0, so logp is the log-ratio; returns (loss, stats, grad)."""
+    T = max(lengths)
+    logp = torch.zeros(len(lengths), T, dtype=torch.float64)
+    for b, row in enumerate(log_ratios):
+        logp[b, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    logp.requires_grad_(True)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    loss, stats = clipped_policy_loss(logp, torch.zeros_like(logp), torch.tensor(advantages, dtype=torch.float64), mask,
+                                      **kwargs)  # fmt: skip
+    loss.backward()
+    return loss, stats, logp.grad
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_sequence_ratio_equals_token_ratio_when_all_tokens_agree(aggregation):
+    rows, lengths, adv = [[0.1, 0.1, 0.1], [-0.3, -0.3], [0.5]], [3, 2, 1], [1.0, -2.0, 0.5]
+    token = _rows(rows, adv, lengths, aggregation=aggregation)
+    sequence = _rows(rows, adv, lengths, aggregation=aggregation, importance_sampling_level="sequence")
+    torch.testing.assert_close(sequence[0], token[0])
+    torch.testing.assert_close(sequence[2], token[2])
+    for key in ("clip_fraction", "approx_kl", "ratio_mean"):
+        torch.testing.assert_close(sequence[1][key], token[1][key])
+
+
+def test_sequence_level_hand_values_clip_and_gradient():
+    # row 0: log-ratios [0.1, 0.3] -> s = exp(0.2) = 1.221 > 1.2 with A > 0: clipped as a whole sequence,
+    # though token 0 alone (1.105) would not be; row 1: [0.0, -0.1, 0.1] -> s = 1, unclipped.
+    loss, stats, grad = _rows([[0.1, 0.3], [0.0, -0.1, 0.1]], [1.0, -1.0], [2, 3], aggregation="seq_mean",
+                              importance_sampling_level="sequence")  # fmt: skip
+    assert loss.item() == pytest.approx((-1.2 + 1.0) / 2)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 5)  # the two tokens of row 0, of 5
+    assert stats["ratio_mean"].item() == pytest.approx((2 * math.exp(0.2) + 3 * 1.0) / 5)
+    assert stats["approx_kl"].item() == pytest.approx(0.5 * (0.01 + 0.09 + 0.0 + 0.01 + 0.01) / 5)  # per token
+    assert (grad[0] == 0).all()  # the clipped sequence gives no gradient
+    # row 1: loss/2 = -A s_1 / 2, d s_1 / d logp_t = s_1 / 3 (GSPO: s * mean_t grad logp) -> 1 * 1 / 3 / 2
+    torch.testing.assert_close(grad[1], torch.full((3,), 1 / 6, dtype=torch.float64))
+
+
+def _loop_sequence_policy_loss(log_ratios, adv, eps_low, eps_high):
+    """seq_mean GSPO loss, loop form: one ratio, one clip per sequence (arXiv 2507.18071, eq. 5)."""
+    total, clipped_tokens, tokens = 0.0, 0, 0
+    for row, a in zip(log_ratios, adv):
+        if not row:
+            continue  # an all-padding row adds 0 but counts as one of the rows
+        s = math.exp(sum(row) / len(row))
+        total += -min(s * a, min(max(s, 1 - eps_low), 1 + eps_high) * a)
+        clipped_tokens += len(row) * ((s < 1 - eps_low and a < 0) or (s > 1 + eps_high and a > 0))
+        tokens += len(row)
+    return total / len(log_ratios), clipped_tokens / tokens
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sequence_level_vs_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = [5, 1, 0, 3, 4]  # a single token and an all-padding row among them
+    rows = [(1e-3 * torch.randn(n, generator=g, dtype=torch.float64)).tolist() for n in lengths]
+    adv = torch.randn(len(rows), generator=g, dtype=torch.float64).tolist()
+    loss, stats, grad = _rows(rows, adv, lengths, eps_low=3e-4, eps_high=4e-4, aggregation="seq_mean",
+                              importance_sampling_level="sequence")  # fmt: skip
+    expected_loss, expected_clip = _loop_sequence_policy_loss(rows, adv, 3e-4, 4e-4)
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-12)
+    assert stats["clip_fraction"].item() == pytest.approx(expected_clip)
+    assert torch.isfinite(grad).all() and (grad[2] == 0).all()
+
+
+def test_sequence_level_ignores_garbage_on_padding_and_unknown_level_raises():
+    logp = torch.tensor([[0.1, float("inf")], [float("-inf"), float("nan")]])
+    mask = torch.tensor([[1, 0], [0, 0]])
+    loss, stats = clipped_policy_loss(logp, torch.zeros(2, 2), torch.ones(2), mask, importance_sampling_level="sequence")
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+    with pytest.raises(ValueError, match="sequence.*token"):
+        clipped_policy_loss(logp, torch.zeros(2, 2), torch.ones(2), mask, importance_sampling_level="sentence")
+
+
+# ---- CISPO ----
+
+
+def _cispo_one_token(log_ratio, advantage, logp_value=-1.0, **kwargs):
+    """logp = logp_value, old = logp_value - log_ratio; returns (loss, stats, d loss / d logp)."""
+    from llm_rl.core import cispo_policy_loss
+
+    logp = torch.tensor([[logp_value]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[logp_value - log_ratio]], dtype=torch.float64)
+    loss, stats = cispo_policy_loss(logp, old, torch.tensor([advantage], dtype=torch.float64), torch.ones(1, 1), **kwargs)
+    loss.backward()
+    return loss.item(), stats, logp.grad.item()
+
+
+def test_cispo_hand_values_cap_bounds_the_weight_but_keeps_the_gradient():
+    # ratio 2 < cap 5: w = 2; loss = -2 * A * logp = -2 * 1 * -1 = 2; gradient -w * A = -2
+    loss, stats, grad = _cispo_one_token(math.log(2.0), 1.0)
+    assert loss == pytest.approx(2.0) and grad == pytest.approx(-2.0) and stats["clip_fraction"].item() == 0.0
+    # ratio 8 > cap 5: w = 5 and the token still has a gradient (PPO's clip would give 0)
+    loss, stats, grad = _cispo_one_token(math.log(8.0), 1.0)
+    assert grad == pytest.approx(-5.0) and stats["clip_fraction"].item() == 1.0
+    assert stats["ratio_mean"].item() == pytest.approx(8.0)
+    assert _one_token(math.log(8.0), 1.0)[2] == 0.0
+    # negative advantage, low ratio: no lower bound, w = 0.1; gradient -w * A = -0.1 * -2 = 0.2
+    loss, stats, grad = _cispo_one_token(math.log(0.1), -2.0, ratio_cap=3.0)
+    assert grad == pytest.approx(0.2) and stats["clip_fraction"].item() == 0.0
+
+
+def test_cispo_gradient_equals_the_ppo_gradient_inside_the_trust_region():
+    """d/dlogp of -ratio * A is -ratio * A: CISPO's -w * A * logp has the same gradient while w = ratio."""
+    for log_ratio, adv in [(0.1, 1.0), (-0.1, -1.0), (0.05, -2.0)]:
+        assert _cispo_one_token(log_ratio, adv)[2] == pytest.approx(_one_token(log_ratio, adv)[2])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_cispo_vs_loop(seed, aggregation):
+    from llm_rl.core import cispo_policy_loss
+
+    g = torch.Generator().manual_seed(seed)
+    B, T, cap = 4, 5, 1.5
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+    logp = old + 0.6 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+    mask = torch.arange(T)[None, :] < torch.tensor([T, 1, 0, 3])[:, None]
+    loss, stats = cispo_policy_loss(logp.masked_fill(~mask, float("-inf")), old, adv, mask, cap, aggregation)
+    per_token = torch.zeros(B, T, dtype=torch.float64)
+    capped, n = 0, int(mask.sum())
+    for b in range(B):
+        for t in range(T):
+            if mask[b, t]:
+                r = math.exp(logp[b, t] - old[b, t])
+                per_token[b, t] = -min(r, cap) * adv[b, t] * logp[b, t]
+                capped += r > cap
+    assert loss.item() == pytest.approx(_loop_aggregate(per_token, mask, aggregation))
+    assert stats["clip_fraction"].item() == pytest.approx(capped / n)
+
+
+def test_cispo_bad_cap_raises():
+    from llm_rl.core import cispo_policy_loss
+
+    with pytest.raises(ValueError, match="ratio_cap"):
+        cispo_policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), ratio_cap=0.0)

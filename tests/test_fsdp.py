@@ -35,6 +35,14 @@ settings = dict(output_dir=output_dir, max_steps=3, per_device_batch_size=int(pe
 for option in options:  # key=value, integers or strings
     key, value = option.split("=")
     settings[key] = int(value) if value.isdigit() else value
+nan_step = settings.pop("nan_step", None)
+if nan_step is not None:  # the policy loss of that step is NaN: its update must be skipped on every engine
+    from llm_rl.trainers import grpo_trainer
+    clipped = grpo_trainer.clipped_policy_loss
+    def maybe_nan(*args, **kwargs):
+        loss, stats = clipped(*args, **kwargs)
+        return (loss * float("nan"), stats) if trainer.step + 1 == nan_step else (loss, stats)
+    grpo_trainer.clipped_policy_loss = maybe_nan
 trainer = trainer_class(model, [length_mod_3], args=config_class(**settings), train_dataset=arithmetic_dataset(32, seed=2),
                         eval_fn=lambda lm, tokenizer: {"accuracy": 0.0})  # an eval_fn makes the run write eval.json
 trainer.train()
@@ -59,6 +67,46 @@ full = {k: v.full_tensor().tolist() for k, v in model.state_dict().items()}
 if rank == 0:
     json.dump({"local_rows": local_rows, "full": full}, open(sys.argv[1], "w"))
 del model, loss  # FSDP2's DTensors hold the group: free them first, or exit aborts now and then (SIGABRT)
+gc.collect()
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+FUSED_HEAD = '''
+import gc, sys, warnings, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from llm_rl.models.forward import completion_logprobs
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+config = Qwen2Config(vocab_size=5000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, tie_word_embeddings=sys.argv[2] == "tied")
+torch.manual_seed(0)
+model = Qwen2ForCausalLM(config)
+torch.save(model.state_dict(), sys.argv[1] + ".init") if rank == 0 else None
+for layer in model.model.layers:  # as accelerate's auto-wrap: each decoder layer, then the root (embeddings, head)
+    fully_shard(layer)
+fully_shard(model)
+torch.manual_seed(1)
+ids = torch.randint(0, 5000, (2, 4, 9))  # one batch of 4 rows per rank
+mask = torch.ones_like(ids)
+mask[:, 0, :2] = 0
+results = {}
+for chunk in (3, 0):  # the fused head, then the model's full logits
+    model.zero_grad()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logprobs, entropy, _ = completion_logprobs(model, ids[rank], mask[rank], 5, 0.7, with_entropy=True,
+                                                   entropy_grad=True, tokens_per_chunk=chunk)
+    assert not [w for w in caught if "full logits" in str(w.message)]  # no fallback: the fused head ran
+    (logprobs.sum() + 0.1 * entropy.sum()).backward()  # FSDP averages the gradient over the ranks
+    results[chunk] = {"logprobs": logprobs.detach(),  # rank 0's rows
+                      "grads": {n: p.grad.full_tensor() for n, p in model.named_parameters()}}
+    assert isinstance(model.lm_head.weight, torch.distributed.tensor.DTensor)  # resharded after the step
+if rank == 0:
+    torch.save(results, sys.argv[1])
+del model
 gc.collect()
 dist.barrier()
 dist.destroy_process_group()
@@ -150,3 +198,62 @@ def test_ppo_fsdp2_resumes_a_sharded_checkpoint_bit_identically(tiny_model_dir, 
     for file in ("model.safetensors", "value_head.safetensors"):
         a, b = load_file(straight / "final" / file), load_file(resumed / "final" / file)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [_needs("zero2"), _needs("zero3")])
+def test_a_nan_step_is_skipped_by_deepspeed_too(engine, tiny_model_dir, tmp_path):
+    """accelerate's DeepSpeed wrapper steps the engine inside ``backward``, before the trainer sees the
+    gradient norm: the skip must come from the engine itself (DeepSpeed >= 0.19 skips a step whose global
+    norm is NaN/inf, on ZeRO-1/2 in bf16 only with ``bf16.check_grad_overflow``, which we set). The
+    weights and the learning-rate schedule must match a 1-process run that skips the same step."""
+    alone = _launch(tmp_path, None, "alone", "grpo", tiny_model_dir, "4", "nan_step=2", "lr_scheduler_type=linear")
+    sharded = _launch(tmp_path, engine, "sharded", "grpo", tiny_model_dir, "2", "nan_step=2", "lr_scheduler_type=linear")
+    for run in (alone, sharded):
+        assert json.loads((run / "eval.json").read_text())["skipped_steps"] == 1
+    rows = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]  # noqa: E731
+    assert [r["learning_rate"] for r in rows(sharded)] == pytest.approx([r["learning_rate"] for r in rows(alone)])
+    a, b = load_file(alone / "final" / "model.safetensors"), load_file(sharded / "final" / "model.safetensors")
+    for name in a:
+        assert torch.isfinite(b[name]).all(), name
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tied", ["tied", "untied"])
+def test_fused_lm_head_under_fsdp2_matches_the_full_logits_and_one_process(tmp_path, tied):
+    """FSDP2 on 2 processes: the fused head reads the whole weight inside the root unit's forward, and
+    backward reduce-scatters its gradient: log-probs and gradients equal the full-logits path and an
+    unsharded run of both ranks' batches."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from llm_rl.models.forward import completion_logprobs
+
+    (tmp_path / "fused.py").write_text(FUSED_HEAD)
+    out = tmp_path / "out.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(tmp_path / "fused.py"),
+               str(out), tied]  # --standalone: a free port
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sharded = torch.load(out)
+    fused, full = sharded[3], sharded[0]
+    torch.testing.assert_close(fused["logprobs"], full["logprobs"], atol=1e-5, rtol=1e-4)
+    assert fused["grads"].keys() == full["grads"].keys()
+    for name, want in full["grads"].items():
+        torch.testing.assert_close(fused["grads"][name], want, atol=1e-5 * (1 + want.abs().max().item()), rtol=1e-4)
+
+    config = Qwen2Config(vocab_size=5000, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=tied == "tied")  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    model.load_state_dict(torch.load(str(out) + ".init"))
+    torch.manual_seed(1)
+    ids = torch.randint(0, 5000, (2, 4, 9))
+    mask = torch.ones_like(ids)
+    mask[:, 0, :2] = 0
+    for rank in range(2):  # the mean over ranks' losses, as FSDP's averaged gradient
+        logprobs, entropy, _ = completion_logprobs(model, ids[rank], mask[rank], 5, 0.7, with_entropy=True, entropy_grad=True,
+                                                   tokens_per_chunk=3)  # fmt: skip
+        ((logprobs.sum() + 0.1 * entropy.sum()) / 2).backward()
+    for name, param in model.named_parameters():
+        want = param.grad
+        torch.testing.assert_close(fused["grads"][name], want, atol=1e-5 * (1 + want.abs().max().item()), rtol=1e-4)

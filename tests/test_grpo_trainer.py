@@ -114,9 +114,42 @@ def test_num_generations_below_two_is_refused(tmp_path):
 
 
 def test_math_reward_and_kl_in_reward_run(tiny_model_dir, tmp_path):
-    config = _config(tmp_path, kl_in="reward", num_iterations=2, gradient_accumulation_steps=2, loss_aggregation="seq_mean")
-    summary = GRPOTrainer(tiny_model_dir, [math_correctness], args=config, train_dataset=_dataset()).train()
-    assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+    """Two iterations of two accumulated micro-batches (seq_mean) with the KL in the reward, sampled with top-k:
+    the first iteration's ratio is exactly 1 and nothing is clipped, the second moves; the reward is lowered by
+    beta x the sequence's k1 KL, computed from the policy's forward (not the sampler's truncated log-probs)."""
+    config = _config(tmp_path, kl_in="reward", num_iterations=2, gradient_accumulation_steps=2, loss_aggregation="seq_mean",
+                     top_k=5, max_completion_length=6)  # fmt: skip
+    trainer = GRPOTrainer(tiny_model_dir, [math_correctness], args=config, train_dataset=_dataset())
+    with torch.no_grad():  # a policy away from the reference, so the KL shaping is not 0
+        for p in trainer.unwrapped.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rollouts, shaped, micro_batches = [], [], []
+    for name, calls in (("reference_logprobs", rollouts), ("kl_shaped_rewards", shaped), ("_accumulate", micro_batches)):
+        method = getattr(trainer, name)
+
+        def spy(*args, _method=method, _calls=calls):
+            result = _method(*args)
+            _calls.append((args, {k: v[-1].item() for k, v in result.items()} if isinstance(result, dict) else result))
+            return result
+
+        setattr(trainer, name, spy)
+    metrics = trainer.training_step()
+    assert metrics["grad_norm"] > 0 and trainer.skipped_steps == 0
+
+    iteration_0, iteration_1 = [stats for _, stats in micro_batches[:2]], [stats for _, stats in micro_batches[2:]]
+    assert len(micro_batches) == 4
+    assert all(s["ratio_mean"] == 1.0 and s["clip_fraction"] == 0.0 and s["approx_kl"] == 0.0 for s in iteration_0)
+    assert all(s["ratio_mean"] != 1.0 and s["approx_kl"] > 1e-6 for s in iteration_1)
+
+    ((rollout,), _), = rollouts
+    (rewards, mask, policy_logprobs, ref_logprobs), shaped_rewards = shaped[0]
+    valid = mask.bool()
+    old_logprobs = micro_batches[0][0][5]  # filled by the first iteration's training forwards
+    torch.testing.assert_close(policy_logprobs[valid], old_logprobs[valid], rtol=0, atol=1e-5)  # the policy's
+    assert (rollout.sampling_logprobs[valid] > policy_logprobs[valid] + 1e-6).all()  # top-k renormalised: not the sampler's
+    sequence_kl = ((policy_logprobs - ref_logprobs) * mask).sum(-1)  # (B,) k1 summed over the completion
+    torch.testing.assert_close(shaped_rewards, rewards - config.beta * sequence_kl)
+    assert (sequence_kl != 0).all() and ((shaped_rewards < rewards) == (sequence_kl > 0)).all()
 
 
 def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):

@@ -144,9 +144,9 @@ def _always_eos(model_dir):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     eos = model.generation_config.eos_token_id
     eos = torch.tensor([eos] if isinstance(eos, int) else eos[:1])
-    model.lm_head.register_forward_hook(
-        lambda module, inputs, logits: logits.index_add(-1, eos, torch.full((*logits.shape[:-1], 1), 50.0))
-    )
+    # a frozen bias on the head (a hook on its output would not see the fused log-prob path's chunks)
+    bias = torch.zeros(model.lm_head.out_features).index_fill(0, eos, 50.0)
+    model.lm_head.bias = torch.nn.Parameter(bias, requires_grad=False)
     return model
 
 

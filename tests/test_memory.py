@@ -29,7 +29,9 @@ def test_small_config_by_hand():
     # 160 per layer; + embedding 10x4 (tied) + final norm 4
     assert SMALL.num_params == 160 + 40 + 4 == 204
     # GRPO: 2 prompts x G=2 = 4 rows of 3 prompt + 2 completion tokens, fp32, reference model
-    estimate = predict_memory(SMALL, StepShape("grpo", prompts=2, num_generations=2, prompt_length=3, completion_length=2))
+    # logprob_chunk_size=0: the model's full logits (the fused head's figures follow below)
+    step = StepShape("grpo", prompts=2, num_generations=2, prompt_length=3, completion_length=2, logprob_chunk_size=0)
+    estimate = predict_memory(SMALL, step)
     c = estimate.components
     assert c["policy_weights"] == c["reference_weights"] == c["gradients"] == 204 * 4 == 816
     assert c["optimizer_state"] == 2 * 816  # exp_avg and exp_avg_sq
@@ -52,6 +54,18 @@ def test_small_config_by_hand():
     # the other end, all gradients + AdamW temporaries (2 x the largest tensor, 160), is 1136
     assert estimate.phases["update"] == 6640 + 320 + 640 + 320 == 7920
     assert estimate.total == 816 * 2 + 1632 + 7920 == 11184  # weights + optimizer + the update, the largest phase
+
+    # The fused head (chunked_lm_head_logprobs, 1024 positions per chunk: all 8 here): no logits and no LM-head
+    # input are saved (-480, -192); instead a copy of the head's input 4 rows*2*16 = 128, the targets 8*8 = 64 and
+    # the entropy per token 8*4 = 32 (+224).
+    fused = predict_memory(SMALL, replace(step, logprob_chunk_size=1024))
+    assert fused.components["logits"] == 0
+    assert fused.components["activations"] == c["activations"] - 192 + 224 == 6192
+    # update peak: the top layer's MLP gradients, 12*(16+4)*4 + 160 = 1120, are now the largest transient: one
+    # chunk's log-softmax-then-gradient and softmax, 2 x 8*10*4 = 640 (+ the head's weight gradient 160) = 800 at
+    # the start of backward; at the end of the forward its logits and softmax 640 + the cache 320 = 960
+    assert fused.phases["update"] == 6192 + 1120 == 7312
+    assert fused.total == 816 * 2 + 1632 + 7312
 
 
 def test_one_fewer_model_without_critic_and_g_scales_the_rollout():
@@ -117,14 +131,18 @@ def _saved_bytes(module, forward) -> int:
 
 
 @pytest.mark.parametrize(
-    "dtype, lora, value_model, autocast",
-    [("float32", None, None, False), ("bfloat16", None, None, False), ("float32", "all-linear", None, False),
-     ("bfloat16", "all-linear", None, False), ("float32", "q_proj,v_proj", None, False), ("float32", None, "shared", False),
-     ("float32", None, "separate", False), ("bfloat16", None, "shared", False),
-     ("bfloat16", None, None, True), ("bfloat16", "all-linear", None, True), ("float32", None, None, True),
-     ("float32", "all-linear", None, True)],
-)
-def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_model, autocast):
+    "dtype, lora, value_model, autocast, chunk",
+    [("float32", None, None, False, 1024), ("bfloat16", None, None, False, 1024), ("float32", "all-linear", None, False, 1024),
+     ("bfloat16", "all-linear", None, False, 1024), ("float32", "q_proj,v_proj", None, False, 1024),
+     ("float32", None, "shared", False, 1024), ("float32", None, "separate", False, 1024),
+     ("bfloat16", None, "shared", False, 1024), ("bfloat16", None, None, True, 1024),
+     ("bfloat16", "all-linear", None, True, 1024), ("float32", None, None, True, 1024),
+     ("float32", "all-linear", None, True, 1024),
+     # logprob_chunk_size=0: the model's full logits
+     ("float32", None, None, False, 0), ("bfloat16", "all-linear", None, True, 0), ("float32", None, "shared", False, 0),
+     ("float32", None, None, True, 0)],
+)  # fmt: skip
+def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_model, autocast, chunk):
     """The update's saved activations, tensor by tensor, as autograd holds them (GQA with 2 KV heads).
 
     ``autocast``: the forward wrapped as accelerate wraps it for bf16 mixed precision (CUDA's
@@ -132,7 +150,7 @@ def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_mod
     (a tiny model on a GPU), within 2%.
     """
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM, Qwen2Model
 
     from llm_rl.models.forward import completion_logprobs
     from llm_rl.models.tiny import tiny_config
@@ -157,14 +175,17 @@ def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_mod
     mask = torch.ones_like(ids)
     mask[:G, :3] = 0  # left padding, so SDPA gets a mask as in a rollout
     if value_model:  # PPO: one forward of every row
-        critic = Qwen2ForCausalLM(config).to(getattr(torch, dtype)) if value_model == "separate" else None
+        critic = Qwen2Model(config).to(getattr(torch, dtype)) if value_model == "separate" else None  # a backbone
         module = PolicyWithValue(policy, critic)
-        measured = _saved_bytes(module, lambda: module(ids, mask, C))
+        measured = _saved_bytes(module, lambda: module(ids, mask, C, tokens_per_chunk=chunk))
     else:  # GRPO: each prompt once for its group, then the completions on its cached keys and values
-        measured = _saved_bytes(policy, lambda: completion_logprobs(policy, ids, mask, C, with_entropy=True, group_size=G))
+        measured = _saved_bytes(
+            policy, lambda: completion_logprobs(policy, ids, mask, C, with_entropy=True, group_size=G, tokens_per_chunk=chunk)
+        )
     shape = replace(ModelShape.from_config(config), dtype=dtype)
     step = StepShape("ppo" if value_model else "grpo", prompts, G, P, C, use_peft=bool(lora), lora_r=4,
-                     lora_target_modules=lora or "all-linear", value_model=value_model or "none", mixed_precision=autocast)  # fmt: skip
+                     lora_target_modules=lora or "all-linear", value_model=value_model or "none", mixed_precision=autocast,
+                     logprob_chunk_size=chunk)  # fmt: skip
     group_size = 1 if value_model else G
     saved = training_forward_saved_bytes(shape, step, prompts * G, 4 if autocast else shape.weight_bytes, group_size)
     predicted = sum(saved.values()) + value_saved_bytes(shape, step, step.value_model)

@@ -37,8 +37,9 @@ def _final_weights(folder):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["grpo_math", "ppo_math"])
-def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tiny_model_dir, tmp_path):
+def test_two_processes_match_one_process_with_the_same_global_batch(recipe, warm_tiny_model_dir, tmp_path):
     """Per-prompt sampling seeds + globally normalised losses: 2 x 2 prompts == 1 x 4 prompts."""
+    tiny_model_dir = warm_tiny_model_dir  # rewards that differ inside a group, so the weights move
     common = [str(ROOT / "recipes" / f"{recipe}.py"), "--model", tiny_model_dir, "--max_steps", "3",
               "--eval_steps", "0", "--eval_size", "4", "--num_generations", "2", "--learning_rate", "1e-2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -73,7 +74,7 @@ ONE_STEP = """
 import dataclasses, json, os, sys
 from accelerate.utils import gather_object
 from llm_rl import GRPOConfig, GRPOTrainer
-import llm_rl.trainers.grpo_trainer as grpo_trainer
+import llm_rl.rollout.engine as grpo_trainer  # the trainer's rollout engine calls its generate_rollout
 from llm_rl.data import arithmetic_dataset
 
 model, out, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -24,8 +24,8 @@ def _trainer(name, model_dir, tmp_path, **options):
     return trainer_class(model_dir, [_reward], args=config, train_dataset=arithmetic_dataset(16, seed=1))
 
 
-def _gradients_of_first_update(trainer) -> dict[str, torch.Tensor]:
-    """Run one step and return the gradients its first optimizer update applies."""
+def gradients_of_first_update(trainer) -> dict[str, torch.Tensor]:
+    """Run one step and return the gradients its first optimizer update applies (before clipping)."""
     grads, update = {}, trainer.optimizer_update
 
     def spy():
@@ -43,7 +43,7 @@ def test_gradient_checkpointing_recomputes_the_same_gradients(name, tiny_model_d
     plain = _trainer(name, tiny_model_dir, tmp_path / "plain")
     checkpointed = _trainer(name, tiny_model_dir, tmp_path / "checkpointed", gradient_checkpointing=True)
     assert checkpointed.lm.is_activation_checkpointing and not plain.lm.is_activation_checkpointing
-    expected, recomputed = _gradients_of_first_update(plain), _gradients_of_first_update(checkpointed)
+    expected, recomputed = gradients_of_first_update(plain), gradients_of_first_update(checkpointed)
     assert expected.keys() == recomputed.keys() and any(g.abs().sum() > 0 for g in expected.values())
     for n in expected:  # compared before AdamW, which would blow float noise on ~0 gradients up to lr-sized steps
         assert torch.allclose(expected[n], recomputed[n], rtol=1e-4, atol=1e-7), n
@@ -87,16 +87,6 @@ def test_lora_with_gradient_checkpointing_trains_only_the_adapter(name, tiny_mod
     assert changed and all("lora_" in n for n in changed)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state whose precision cannot change: start these tests from none."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's own test suite does the same
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_bf16_is_off_on_cpu_unless_asked(tiny_model_dir, tmp_path, fresh_accelerate_state):
     assert _trainer("grpo", tiny_model_dir, tmp_path / "default").accelerator.mixed_precision == "no"
     from accelerate.state import AcceleratorState
@@ -106,29 +96,49 @@ def test_bf16_is_off_on_cpu_unless_asked(tiny_model_dir, tmp_path, fresh_acceler
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_bf16_autocast_keeps_kl_exact_and_value_head_in_float32(name, tiny_model_dir, tmp_path, fresh_accelerate_state):
-    """Under bf16 the LM runs in bf16, the reference at the same precision, the value head and log-probs in float32."""
-    trainer = _trainer(name, tiny_model_dir, tmp_path, bf16=True)
-    seen = {}
+def test_bf16_autocast_reaches_every_pass_and_keeps_kl_exact(name, tiny_model_dir, tmp_path, fresh_accelerate_state):
+    """Under bf16 each pass (generation, reference, training forward) runs its matmuls in bf16 on the
+    model it uses, the value head in float32; policy and reference at one precision give a KL of 0."""
+    from llm_rl.rollout import engine as module  # where the trainers' rollout engine finds generate_rollout
 
-    def record(key):
-        def hook(module, inputs, output):
-            seen.setdefault(key, output.dtype)  # returns None: the output is left as it is
+    trainer = _trainer(name, tiny_model_dir, tmp_path, bf16=True)
+    phase, seen = ["outside"], {}
+
+    def record(model_name):
+        def hook(module, inputs, output):  # returns None: the output is left as it is
+            seen.setdefault((phase[0], model_name), set()).add(output.dtype)
         return hook
 
-    trainer.lm.lm_head.register_forward_hook(record("logits"))
+    # a decoder matmul (the LM head may be read as a weight by the fused log-prob path)
+    trainer.lm.get_decoder().layers[0].mlp.down_proj.register_forward_hook(record("policy"))
+    if trainer.reference is not None:
+        trainer.reference.get_decoder().layers[0].mlp.down_proj.register_forward_hook(record("reference"))
     if name == "ppo":
-        trainer.unwrapped.value_head.register_forward_hook(record("values"))
-    metrics = trainer.training_step()
-    assert seen["logits"] == torch.bfloat16  # autocast is on
-    assert seen.get("values", torch.float32) == torch.float32
+        trainer.unwrapped.value_head.register_forward_hook(record("value_head"))
+
+    def in_phase(label, function):
+        def wrapped(*args, **kwargs):
+            phase[0] = label
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase[0] = "outside"
+        return wrapped
+
+    original_generate = module.generate_rollout
+    module.generate_rollout = in_phase("generation", original_generate)
+    try:
+        trainer.reference_logprobs = in_phase("reference", trainer.reference_logprobs)
+        setattr(trainer, trainer.update_entry, in_phase("training", getattr(trainer, trainer.update_entry)))
+        metrics = trainer.training_step()
+    finally:
+        module.generate_rollout = original_generate
+    reference_model = "policy" if trainer.reference is None else "reference"
+    assert seen[("generation", "policy")] == {torch.bfloat16}
+    assert seen[("reference", reference_model)] == {torch.bfloat16}
+    assert seen[("training", "policy")] == {torch.bfloat16}
+    if name == "ppo":
+        assert seen[("training", "value_head")] == {torch.float32}
     # before the first update policy and reference are the same weights: a reference run at another
     # precision would show a KL that is only rounding
     assert metrics["kl"] == 0.0
-
-    from llm_rl.models.forward import completion_logprobs
-
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    with trainer.accelerator.autocast():
-        logprobs, entropy, _ = completion_logprobs(trainer.lm, ids, torch.ones_like(ids), 3, with_entropy=True)
-    assert logprobs.dtype == entropy.dtype == torch.float32

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm_rl import PPOConfig, PPOTrainer
+from llm_rl.core import masked_mean
 from llm_rl.models.value_head import PolicyWithValue
 
 
@@ -72,10 +73,50 @@ def test_adaptive_controller_raises_kl_coef_when_kl_stays_above_target(tiny_mode
     assert trainer.kl_controller.value > coefs[-1]
 
 
-def test_ppo_penalty_without_clipping_runs(tiny_model_dir, tmp_path):
-    config = _config(tmp_path, cliprange=None, kl_controller="adaptive", entropy_coef=0.01)
-    summary = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset()).train()
+def _first_update(trainer):
+    """Run one step; return the first update's gradients (before any clipping), its rows and the rollout."""
+    grads, seen, update, forward = {}, [], trainer.optimizer_update, trainer._forward
+
+    def record_then_update():
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in trainer.unwrapped.named_parameters() if p.grad is not None})
+        return update()
+
+    def record_forward(rollout, rows):
+        seen.append((rollout, rows))
+        return forward(rollout, rows)
+
+    trainer.optimizer_update, trainer._forward = record_then_update, record_forward
+    summary = trainer.train()
     assert summary["steps"] == 1 and summary["skipped_steps"] == 0
+    return grads, *seen[0]
+
+
+def test_ppo_penalty_entropy_bonus_gradient_and_adaptive_coefficient(tiny_model_dir, tmp_path):
+    """Unclipped PPO-penalty: the entropy bonus adds exactly -entropy_coef x grad(mean entropy) to the update
+    (so a step raises the entropy), and the adaptive KL coefficient moves by Ziegler et al.'s rule."""
+    runs = {}
+    for coef in (0.0, 0.5):
+        config = _config(tmp_path / f"coef-{coef}", cliprange=None, kl_controller="adaptive", entropy_coef=coef, max_grad_norm=0.0)
+        trainer = PPOTrainer(tiny_model_dir, [_length_reward], args=config, train_dataset=_dataset())
+        runs[coef] = (*_first_update(trainer), trainer)
+    (without, rollout, rows, _), (with_bonus, _, rows_b, trainer) = runs[0.0], runs[0.5]
+    assert torch.equal(rows, rows_b)  # the same first mini-batch of the same rollout
+
+    fresh = PPOTrainer(tiny_model_dir, [_length_reward], train_dataset=_dataset(),
+                       args=_config(tmp_path / "fresh", entropy_coef=0.5))  # fmt: skip
+    _, entropy, _ = fresh._forward(rollout, rows)
+    masked_mean(entropy, rollout.completion_mask[rows, : entropy.shape[1]]).backward()
+    entropy_grad = {n: p.grad for n, p in fresh.unwrapped.named_parameters() if p.grad is not None}
+    assert entropy_grad and all(n.startswith("policy.") for n in entropy_grad)
+    for name, grad in entropy_grad.items():  # d(loss)/d(theta) gains -coef x d(entropy)/d(theta): a descent step raises it
+        torch.testing.assert_close(with_bonus[name] - without[name], -0.5 * grad, rtol=1e-3, atol=1e-6, msg=name)
+    assert sum(g.abs().sum() for g in entropy_grad.values()) > 0
+
+    # step 1 samples from the reference itself: KL 0, below target_kl = 6, so the coefficient shrinks by
+    # 1 + clip(0 / 6 - 1, -0.2, 0.2) x (4 completions) / horizon
+    assert trainer.kl_controller.value == pytest.approx(0.05 * (1 - 0.2 * 4 / 10000.0), rel=1e-12)
+    assert trainer.kl_controller.value != 0.05
 
 
 def test_separate_critic_and_one_completion_per_prompt(tiny_model_dir, tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from reward_models import RewardError, compute_rewards, math_correctness, reward_name
+from reward_models import RewardError, RewardWarning, compute_rewards, math_correctness, reward_name
 
 PROMPTS = ["What is 2 + 2?", "What is 3 * 3?", "What is 5 - 1?"]
 COMPLETIONS = ["#### 4", "The answer is 8.", "4"]
@@ -128,9 +128,16 @@ def test_a_sample_no_function_applies_to_raises():
         compute_rewards(funcs, None, PROMPTS, COMPLETIONS, COLUMNS)
 
 
-def test_a_function_returning_none_for_every_sample_raises():
-    with pytest.raises(RewardError, match="'b' returned None for all 3 samples"):
-        compute_rewards([constant(1.0), returning([None] * 3, name="b")], None, PROMPTS, COMPLETIONS, COLUMNS)
+def test_a_function_returning_none_for_a_whole_batch_warns_and_is_left_out():
+    # TRL's behaviour (mixed-task data, small batches); a whole *run* of None is the trainer's error (test_reward_none.py)
+    with pytest.warns(RewardWarning, match="'b' returned None for every sample of a batch"):
+        total, per_func = compute_rewards([constant(1.0), returning([None] * 3, name="b")], None, PROMPTS, COMPLETIONS, COLUMNS)
+    assert total.tolist() == [1.0, 1.0, 1.0] and torch.isnan(per_func["b"]).all()
+
+
+def test_a_single_function_returning_none_for_a_whole_batch_leaves_samples_unscored():
+    with pytest.raises(RewardError, match="No reward function applies to sample 0"):
+        compute_rewards([returning([None] * 3, name="b")], None, PROMPTS, COMPLETIONS, COLUMNS)
 
 
 def test_duplicate_names_get_suffixes():

@@ -1,8 +1,12 @@
-"""Clipped PPO/GRPO policy loss, clipped value loss, and loss aggregation.
+"""Clipped PPO/GRPO policy loss (per token or per sequence), CISPO, clipped value loss, aggregation.
 
 Sources:
 - PPO clipped surrogate and value clipping: Schulman et al. 2017, arXiv 1707.06347,
   eq. 7; value clipping as in OpenAI baselines / CleanRL `ppo.py`.
+- Sequence-level ratio and clipping: GSPO, Zheng et al. 2025, arXiv 2507.18071, eqs. 5-7
+  (TRL's `importance_sampling_level="sequence"`).
+- Clipped importance-sampling weights (CISPO): MiniMax-M1, arXiv 2506.13585, eq. 4
+  (TRL's `loss_type="cispo"`).
 - Clip-higher (eps_high > eps_low) and token-mean aggregation: DAPO, arXiv 2503.14476.
 - Sequence-mean aggregation: GRPO, DeepSeekMath, arXiv 2402.03300, eq. 3.
 - Constant-normaliser aggregation: Dr. GRPO, arXiv 2503.20783.
@@ -84,6 +88,38 @@ def aggregation_denominator(mask: torch.Tensor, mode: str, max_length: int | Non
     return torch.as_tensor(_DENOMINATORS[mode](mask, max_length), device=mask.device).float()
 
 
+def _token_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return log_ratio  # (B, T): one ratio per token (PPO, GRPO)
+
+
+def _sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # GSPO eq. 7: log s_i = mean_t (logp - old) over the row's valid tokens, on every valid token.
+    # Its gradient is mean_t grad logp, so d s_i = s_i * mean_t grad logp (GSPO eq. 10).
+    row_mean = masked_mean(log_ratio, mask, dim=-1)  # (B,); 0 for an all-padding row
+    return torch.where(mask.bool(), row_mean[:, None], torch.zeros_like(log_ratio))  # (B, T)
+
+
+# importance_sampling_level -> the log-ratio each valid token's loss uses
+_IMPORTANCE_LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "token": _token_log_ratio,
+    "sequence": _sequence_log_ratio,
+}
+
+
+def _masked_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Zero the log-ratio on padding so garbage there cannot overflow exp().
+    return torch.where(mask.bool(), logprobs - old_logprobs, torch.zeros_like(logprobs))  # (B, T)
+
+
+def _ratio_stats(log_ratio: torch.Tensor, ratio: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {
+            "clip_fraction": masked_mean(clipped.to(ratio.dtype), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -93,8 +129,9 @@ def clipped_policy_loss(
     eps_high: float | None = None,
     aggregation: str = "token_mean",
     max_length: int | None = None,
+    importance_sampling_level: str = "token",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate loss, as used by PPO and GRPO.
+    """PPO clipped surrogate loss, as used by PPO and GRPO, per token or per sequence (GSPO).
 
     Shapes: `logprobs`, `old_logprobs`, `mask` `(B, T)`; `advantages` `(B,)`
     (one per sequence, broadcast over tokens) or `(B, T)` -> `(loss, stats)`.
@@ -105,24 +142,32 @@ def clipped_policy_loss(
     `eps_high=None` means `eps_low`; a larger `eps_high` is DAPO's clip-higher
     (arXiv 2503.14476). `eps_low=None` disables clipping: plain `-ratio * A`
     (used by PPO with a KL penalty instead of clipping).
+    `importance_sampling_level="sequence"` is GSPO (arXiv 2507.18071): every valid token's
+    log-ratio is replaced by its row's masked mean, `s_i = exp(mean_t(logp - old))`, so ratio
+    and clip are per sequence and the gradient is `s_i * mean_t grad logp` (the paper uses
+    clip ranges of 3e-4 / 4e-4 with it, and `aggregation="seq_mean"` is its exact objective).
     The per-token loss is reduced with `aggregate_loss(..., aggregation, max_length)`.
 
     stats (detached 0-dim): "clip_fraction" (valid tokens whose gradient the
-    clip zeroes), "approx_kl" (masked mean of 0.5 * (logp - old)**2, the k2
-    estimator), "ratio_mean".
+    clip zeroes; with "sequence", every token of a clipped sequence), "approx_kl" (masked
+    mean of 0.5 * (logp - old)**2 per token, the k2 estimator), "ratio_mean" (of the ratio
+    the loss used).
     """
     if eps_low is None and eps_high is not None:
         raise ValueError("eps_high needs eps_low; pass eps_low=None alone for an unclipped loss")
+    if importance_sampling_level not in _IMPORTANCE_LEVELS:
+        raise ValueError(
+            f"unknown importance_sampling_level {importance_sampling_level!r}; choose one of {sorted(_IMPORTANCE_LEVELS)}"
+        )
     if advantages.dim() == 1:
         advantages = advantages[:, None]  # (B,) -> (B, 1), broadcast over tokens
-    keep = mask.bool()
-    # Zero the log-ratio on padding so garbage there cannot overflow exp().
-    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))  # (B, T)
+    token_log_ratio = _masked_log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    log_ratio = _IMPORTANCE_LEVELS[importance_sampling_level](token_log_ratio, mask)  # (B, T)
     ratio = torch.exp(log_ratio)  # (B, T)
     per_token_loss = -advantages * ratio  # (B, T)
 
     if eps_low is None:
-        clipped = torch.zeros_like(keep)
+        clipped = torch.zeros_like(mask, dtype=torch.bool)
     else:
         eps_high = eps_low if eps_high is None else eps_high
         clipped_ratio = ratio.clamp(1 - eps_low, 1 + eps_high)
@@ -130,13 +175,45 @@ def clipped_policy_loss(
         clipped = ((ratio < 1 - eps_low) & (advantages < 0)) | ((ratio > 1 + eps_high) & (advantages > 0))
 
     loss = aggregate_loss(per_token_loss, mask, aggregation, max_length)
-    with torch.no_grad():
-        stats = {
-            "clip_fraction": masked_mean(clipped.to(ratio.dtype), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-        }
-    return loss, stats
+    return loss, _ratio_stats(token_log_ratio, ratio, clipped, mask)
+
+
+def cispo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ratio_cap: float = 5.0,
+    aggregation: str = "token_mean",
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO: REINFORCE with a clipped, stop-gradient importance weight on every token.
+
+    Shapes: as `clipped_policy_loss` -> `(loss, stats)`.
+
+    Formula (MiniMax-M1, arXiv 2506.13585, eq. 4, with only the upper bound, as TRL's
+    `loss_type="cispo"` with `epsilon_high` as the cap), per valid token:
+        w_t    = stopgrad(min(exp(logp - old), ratio_cap))
+        loss_t = -w_t * A * logp
+    Unlike PPO's clip, which zeroes the gradient of a token whose ratio left the range,
+    the cap only bounds its weight: every token keeps a gradient `-w_t * A * grad logp`.
+    The per-token loss is reduced with `aggregate_loss(..., aggregation, max_length)`.
+
+    stats (detached 0-dim): "clip_fraction" (valid tokens where the cap applies),
+    "approx_kl", "ratio_mean" (of the uncapped ratio), as `clipped_policy_loss`.
+    """
+    if ratio_cap <= 0:
+        raise ValueError(f"ratio_cap must be > 0, got {ratio_cap}")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]  # (B,) -> (B, 1), broadcast over tokens
+    log_ratio = _masked_log_ratio(logprobs, old_logprobs, mask)  # (B, T)
+    ratio = torch.exp(log_ratio)  # (B, T)
+    weight = ratio.clamp(max=ratio_cap).detach()  # (B, T)
+    # Padding may hold garbage log-probs (-inf); it is masked out of the aggregate, and
+    # where() keeps it from reaching the sum as nan.
+    per_token_loss = torch.where(mask.bool(), -weight * advantages * logprobs, torch.zeros_like(logprobs))
+    loss = aggregate_loss(per_token_loss, mask, aggregation, max_length)
+    return loss, _ratio_stats(log_ratio, ratio, ratio > ratio_cap, mask)
 
 
 def clipped_value_loss(

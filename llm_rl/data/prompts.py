@@ -23,6 +23,8 @@ from typing import Any, Literal
 from datasets import Dataset, DatasetDict, load_dataset
 from datasets.exceptions import DatasetNotFoundError, DatasetsError
 
+from llm_rl.errors import UserError
+
 # Local file suffix -> the datasets builder that reads it.
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # Suffixes that say "this is a local file" even though we cannot read them.
@@ -37,7 +39,7 @@ _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")  # "owner/name"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class PromptDataError(ValueError):
+class PromptDataError(UserError, ValueError):
     """A prompt dataset that cannot be used; the message says what is wrong and what to do."""
 
 

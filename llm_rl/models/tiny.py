@@ -9,6 +9,9 @@ The warm start is a short supervised run on the arithmetic task (loss on the ans
 tokens only) that stops as soon as held-out-style validation accuracy crosses a
 threshold: an RL run then starts from a model that answers some problems, so groups
 of completions disagree and carry signal, and the start point is stable across seeds.
+Its training and validation problems leave out the task's unseen split
+(``llm_rl.data.arithmetic.unseen_problems``), so ``accuracy_unseen`` is measured on
+problems the model never trained on.
 
 Command line: ``python -m llm_rl.models.tiny --out DIR`` (or ``llm-rl-tiny --out DIR``).
 """
@@ -29,10 +32,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config
 from transformers import Qwen2ForCausalLM
 
-from llm_rl.data.arithmetic import arithmetic_dataset, greedy_accuracy, make_problem
+from llm_rl.data.arithmetic import UNSEEN_SEED, arithmetic_dataset, greedy_accuracy, make_problem, unseen_problems
 
 PAD, EOS, BOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|bos|>", "<|im_start|>", "<|im_end|>"
-TINY_VERSION = "tiny-arith-v3"  # bump when the recipe below changes, so old caches are not re-used
+# bump when the recipe below (or the unseen split it leaves out) changes, so old caches are not re-used
+TINY_VERSION = "tiny-arith-v4"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -156,7 +160,11 @@ def warm_start(
     eval_every: int = 25,
     log=print,
 ) -> dict:
-    """Supervised steps on arithmetic answers until validation greedy accuracy >= target."""
+    """Supervised steps on arithmetic answers until validation greedy accuracy >= target.
+
+    Training and validation problems both come from ``arithmetic_dataset``, which never
+    draws the unseen split: even the early stop never looks at an unseen problem.
+    """
     torch.manual_seed(seed)
     train = arithmetic_dataset(batch_size * max_steps, seed=seed + 1).to_list()
     # 400 problems: with 200 the early stop fired on lucky draws, ~10 points above held-out accuracy
@@ -198,6 +206,7 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, target_accuracy:
     report.update(
         version=TINY_VERSION,
         seed=seed,
+        unseen_split={"seed": UNSEEN_SEED, "problems": len(unseen_problems())},  # left out of the warm start
         parameters=sum(p.numel() for p in model.parameters()),
         build_seconds=round(time.perf_counter() - start, 1),
     )

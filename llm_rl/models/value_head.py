@@ -25,7 +25,10 @@ class PolicyWithValue(nn.Module):
     def __init__(self, policy, critic=None):
         super().__init__()
         self.policy = policy
-        self.critic = critic  # None: the value head reads the policy's own last hidden state
+        # None: the value head reads the policy's own last hidden state. A separate critic is a
+        # backbone without an LM head: a head that never reaches the loss would cost V x H trainable
+        # weights and, under DDP, fail the second step (its parameters never get a gradient).
+        self.critic = critic
         hidden_size = (critic or policy).config.get_text_config().hidden_size
         self.value_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)  # values start at 0: no arbitrary baseline before training
@@ -34,21 +37,22 @@ class PolicyWithValue(nn.Module):
         blocks = [getattr(m, "_no_split_modules", None) or [] for m in (policy, critic) if m is not None]
         self._no_split_modules = sorted({name for names in blocks for name in names})
 
-    def forward(self, input_ids, attention_mask, completion_length: int, temperature: float = 1.0, entropy_grad: bool = False):
+    def forward(self, input_ids, attention_mask, completion_length: int, temperature: float = 1.0,
+                entropy_grad: bool = False, tokens_per_chunk: int = 1024):  # fmt: skip
+        # log-probs straight from the LM head's input, which is also the value head's (completion_logprobs)
         logprobs, entropy, hidden = completion_logprobs(
             self.policy, input_ids, attention_mask, completion_length, temperature,
             with_entropy=True, entropy_grad=entropy_grad, output_hidden_states=self.critic is None,
+            tokens_per_chunk=tokens_per_chunk,
         )
         if self.critic is not None:
-            out = self.critic(
+            out = self.critic(  # a backbone without an LM head (loading.load_backbone)
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask),
-                output_hidden_states=True,
-                logits_to_keep=1,  # the critic's LM head output is never used
                 use_cache=False,
             )
-            hidden = out.hidden_states[-1][:, -completion_length - 1 : -1, :]
+            hidden = out.last_hidden_state[:, -completion_length - 1 : -1, :]
         # The head runs in its own dtype (float32) even under bf16 autocast: values are regression
         # targets, and bf16 keeps only ~3 significant digits of them.
         with torch.autocast(device_type=hidden.device.type, enabled=False):

@@ -7,6 +7,7 @@ continues from it, so prefill cost does not grow with the group size.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,51 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: list[i
     return mask, ~has_eos
 
 
+# generate() would otherwise take these from the checkpoint's generation_config.json and apply
+# them before the GroupSampler: rollouts drawn from another distribution than the one trained.
+# Each is set to the value that leaves the logits as they are (TRL does the same).
+NEUTRAL_LOGITS_SETTINGS = dict(
+    repetition_penalty=1.0,
+    encoder_repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0,
+    temperature=1.0,
+    top_k=None,
+    top_p=1.0,
+    min_p=None,
+    typical_p=1.0,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+    renormalize_logits=False,
+    remove_invalid_values=False,
+    diversity_penalty=0.0,
+    length_penalty=1.0,
+    num_beams=1,
+)
+
+
+@contextmanager
+def only_special_tokens_inherited(model):
+    """``model.generation_config`` reduced to its special tokens while ``generate`` runs.
+
+    ``generate`` fills every field its config leaves ``None`` from ``model.generation_config``
+    (transformers ``generation/utils.py``, "First set values from the loaded
+    `self.generation_config`"), and for ``bad_words_ids``, ``suppress_tokens``,
+    ``begin_suppress_tokens``, ``sequence_bias``, ``forced_bos/eos_token_id``,
+    ``exponential_decay_length_penalty``, ``guidance_scale`` or a watermark, ``None`` is the
+    only neutral value there is, so the checkpoint's own settings are what must go.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the LM
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig(
+        eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id, bos_token_id=saved.bos_token_id
+    )
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     ids = ids if ids is not None else tokenizer.eos_token_id
@@ -105,16 +151,18 @@ def generate_rollout(
         min_new_tokens=min_completion_length or None,
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
+        **NEUTRAL_LOGITS_SETTINGS,
     )
     was_training = model.training
     model.eval()
-    output = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        cache=cache,
-        generation_config=config,
-        logits_processor=[sampler],
-    )
+    with only_special_tokens_inherited(model):
+        output = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            cache=cache,
+            generation_config=config,
+            logits_processor=[sampler],
+        )
     model.train(was_training)
     completion_ids = output[:, prompt_ids.shape[1] :]  # (B, C)
     completion_mask, truncated = completion_mask_from_ids(completion_ids, eos_ids)

@@ -14,8 +14,9 @@ import resource
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -25,12 +26,13 @@ from transformers import get_scheduler
 from llm_rl.data.prompts import is_chat, load_prompts, render_prompt
 from llm_rl.models.forward import completion_logprobs
 from llm_rl.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, use_eos_for_padding
-from llm_rl.trainers import checkpoint, distributed
-from llm_rl.trainers.config import RLConfig
+from llm_rl.trainers import checkpoint, distributed, trackers
+from llm_rl.trainers.config import ConfigError, RLConfig
 from llm_rl.trainers.logging import MetricsLogger, plot_reward_curve
 from llm_rl.trainers.prompt_stream import PromptStream
-from llm_rl.rollout import Rollout
-from reward_models import LearnedReward, compute_rewards
+from llm_rl.rollout import Rollout, completion_mask_from_ids, eos_token_ids
+from llm_rl.rollout.engine import ModelGenerateEngine, SamplingSettings
+from reward_models import LearnedReward, RewardError, TrainerState, compute_rewards
 
 
 def _lora_config(args: RLConfig):
@@ -64,6 +66,18 @@ def ready_for_training(model, args: RLConfig):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def warn_if_low_precision_weights(model, model_dtype: str) -> None:
+    """A model passed in as an object is trained in the dtype it has; say so when that is not float32."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    if model_dtype == "float32" and dtypes - {torch.float32}:
+        warnings.warn(
+            f"The model's trainable weights are {sorted(str(d) for d in dtypes)}: AdamW then keeps no float32 master "
+            "copy and updates below that precision are lost. Load it with dtype=torch.float32 (bf16=True still "
+            "runs the forward in bf16), or pass the model as a name or folder.",
+            stacklevel=3,
+        )
 
 
 def row_chunks(rows: torch.Tensor, num_chunks: int) -> list[torch.Tensor]:
@@ -104,7 +118,7 @@ class BaseRLTrainer:
         use_bf16 = args.bf16 if args.bf16 is not None else (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         # DDP, FSDP2 or DeepSpeed, as `accelerate launch --config_file` says; on GPUs or, over gloo, on CPUs.
         self.accelerator = distributed.make_accelerator(
-            log_with=None if args.report_to == "none" else args.report_to,
+            log_with=args.report_to or None,  # a list of tracker names (config.tracker_names)
             project_dir=args.output_dir,
             mixed_precision="bf16" if use_bf16 else "no",
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -117,7 +131,8 @@ class BaseRLTrainer:
             self.tokenizer = use_eos_for_padding(processing_class, "processing_class")
         else:
             self.tokenizer = load_tokenizer(path if isinstance(path, str) else path.name_or_path, args.trust_remote_code)
-        policy = ready_for_training(load_causal_lm(path, trust_remote_code=args.trust_remote_code), args)
+        policy = ready_for_training(load_causal_lm(path, args.trust_remote_code, args.model_dtype), args)
+        warn_if_low_precision_weights(policy, args.model_dtype)
         self.is_peft = bool(args.use_peft or peft_config is not None)
         if self.is_peft:
             from peft import get_peft_model
@@ -126,16 +141,17 @@ class BaseRLTrainer:
         # With LoRA the reference is the same weights with the adapter switched off: no second copy.
         self.reference = None
         if self.needs_reference and not self.is_peft:
-            self.reference = distributed.reference_model(self.accelerator, policy, path, args.trust_remote_code)
+            self.reference = distributed.reference_model(self.accelerator, policy, path, args.trust_remote_code, args.model_dtype)
 
         # --- rewards ---
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         self.reward_funcs = [LearnedReward(f, device=self.accelerator.device) if isinstance(f, str) else f for f in funcs]
         if not self.reward_funcs:
-            raise ValueError("reward_funcs is empty: pass at least one reward function or reward model")
+            raise ConfigError("Invalid config: reward_funcs is empty: pass at least one reward function or reward model")
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"reward_weights has {len(args.reward_weights)} entries for {len(self.reward_funcs)} reward functions"
+            raise ConfigError(
+                f"Invalid config: reward_weights has {len(args.reward_weights)} entries for {len(self.reward_funcs)} "
+                "reward functions; give one weight per reward function (--reward_weights W1 W2 ...) or leave it unset"
             )
 
         # --- data ---
@@ -167,11 +183,27 @@ class BaseRLTrainer:
         for reward in self.reward_funcs:
             if isinstance(reward, LearnedReward) and distributed.is_sharded(acc):
                 reward.model = distributed.prepare_frozen(acc, reward.model)
+        self.rollout_engine = self._rollout_engine()
         self.eval_fn = eval_fn
         self.step, self.skipped_steps = 0, 0
         distributed.release_at_exit(self)
 
     # ------------------------------------------------------------------ setup helpers
+    def _rollout_engine(self) -> ModelGenerateEngine:
+        """``model.generate`` from the policy, or from a ``rollout_dtype`` copy of it (see rollout.engine)."""
+        args = self.args
+        trained = {p.dtype for p in self.lm.parameters() if p.is_floating_point()}
+        dtype = None if args.rollout_dtype is None or trained == {getattr(torch, args.rollout_dtype)} else args.rollout_dtype
+        if dtype is not None and distributed.is_sharded(self.accelerator):
+            raise ConfigError(
+                f"Invalid config: rollout_dtype={dtype!r} keeps a whole copy of the policy on every process, which "
+                "FSDP2 and DeepSpeed do not; leave rollout_dtype unset (None) with a sharding engine"
+            )
+        sampling = SamplingSettings(args.max_completion_length, args.temperature, args.top_p, args.top_k,
+                                    args.min_completion_length)
+        return ModelGenerateEngine(lambda: self.lm, self.tokenizer, sampling, self.generating,
+                                   None if dtype is None else getattr(torch, dtype))
+
     def _optimizer_and_scheduler(self, policy):
         params = [p for p in policy.parameters() if p.requires_grad]
         args = self.args
@@ -219,37 +251,89 @@ class BaseRLTrainer:
         return prompts, texts, rows, seeds
 
     def score(self, prompts: list, completion_ids: torch.Tensor, columns: dict[str, list], group_size: int):
-        """Rewards `(B,)` and per-function rewards of the decoded completions (repeated prompts)."""
+        """Rewards `(B,)` and per-function rewards of the decoded completions (repeated prompts).
+
+        Reward functions that accept them also get ``completion_ids`` (each completion's tokens,
+        EOS and padding excluded) and ``trainer_state``, as in TRL; ``reward_num_workers`` and
+        ``reward_timeout`` say how they run (``reward_models.calling``). Then one collective:
+        a ``RewardError`` on any process stops every process at this step (none is left waiting),
+        and each function's scored samples are counted over all processes. A function that
+        returned None for one batch only warns (TRL's behaviour); one that returned None for
+        every sample of every process over the whole run (since it started or resumed) is an
+        error at the last step.
+        """
+        args, acc = self.args, self.accelerator
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         repeated_prompts = [p for p in prompts for _ in range(group_size)]
         completions = [
             [{"role": "assistant", "content": t}] if is_chat(p) else t for p, t in zip(repeated_prompts, texts)
         ]
         repeated_columns = {k: [v for v in vs for _ in range(group_size)] for k, vs in columns.items()}
-        total, per_func = compute_rewards(
-            self.reward_funcs, self.args.reward_weights, repeated_prompts, completions, repeated_columns
-        )
-        device = self.accelerator.device
+        mask, truncated = completion_mask_from_ids(completion_ids, eos_token_ids(self.lm, self.tokenizer))  # as the rollout's
+        lengths = (mask.sum(-1) - (~truncated).long()).tolist()  # the mask holds the EOS; the ids passed do not
+        ids = [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths)]
+        state = TrainerState(self.step, args.max_steps, acc.num_processes, acc.process_index)
+        error, per_func = None, {}
+        try:
+            total, per_func = compute_rewards(
+                self.reward_funcs, args.reward_weights, repeated_prompts, completions, repeated_columns,
+                completion_ids=ids, trainer_state=state, num_workers=args.reward_num_workers,
+                timeout=args.reward_timeout, group_size=group_size,
+            )
+        except RewardError as raised:
+            error = raised
+        failed = torch.zeros(acc.num_processes)  # (P,) 1 where that process's rewards failed
+        failed[acc.process_index] = float(error is not None)
+        scored = torch.tensor([float((~v.isnan()).sum()) for v in per_func.values()] or [0.0] * len(self.reward_funcs))
+        reduced = self.global_sum(torch.cat([failed, scored])).cpu()  # (P + F,)
+        if error is not None:
+            raise error
+        if reduced[: acc.num_processes].any():
+            where = [i for i, f in enumerate(reduced[: acc.num_processes].tolist()) if f]
+            raise RewardError(f"A reward function failed on process(es) {where} at step {self.step + 1} (the error is printed "
+                              f"there); process {acc.process_index} stops at the same step.")
+        steps, counts = getattr(self, "_reward_coverage", (0, 0))  # steps scored since this run (or resume) began
+        self._reward_coverage = (steps + 1, counts + reduced[acc.num_processes :])  # counts: (F,) samples scored
+        never = [name for name, count in zip(per_func, self._reward_coverage[1].tolist()) if count == 0]
+        if never and self.step + 1 >= args.max_steps:
+            raise RewardError(
+                f"Reward function(s) {never} returned None for every sample of the whole run ({steps + 1} steps on "
+                f"{acc.num_processes} process(es)): they never applied, so they trained nothing. Remove them from the reward "
+                f"functions, or check the dataset columns they read (they got {sorted(columns)})."
+            )
+        device = acc.device
         return total.to(device), {k: v.to(device) for k, v in per_func.items()}
 
     @torch.no_grad()
     def logprobs_no_grad(self, model, rollout: Rollout) -> torch.Tensor:
-        """One no-grad forward over the whole rollout, e.g. for reference or old-policy log-probs."""
-        width = rollout.completion_ids.shape[1]
-        group_size = self.args.num_generations if self.share_prompt_prefix else 1
-        return completion_logprobs(
-            model, rollout.input_ids, rollout.attention_mask, width, self.args.temperature, group_size=group_size
-        )[0]
+        """No-grad log-probs `(B, C)` of the rollout (reference or old policy), one micro-batch at a time.
+
+        ``per_device_batch_size`` prompts' rows per forward, as the update's micro-batches, so the
+        pass's peak does not grow with the rollout (``gradient_accumulation_steps`` micro-batches);
+        each trimmed to the padding its rows need, as the update trims them, and zero-padded back
+        to the rollout's width (those columns are masked).
+        """
+        args = self.args
+        group_size = args.num_generations if self.share_prompt_prefix else 1
+        rows_per_pass = args.per_device_batch_size * args.num_generations
+        all_rows = torch.arange(rollout.completion_ids.shape[0], device=rollout.completion_ids.device)
+        logprobs = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+        for rows in all_rows.split(rows_per_pass):
+            input_ids, attention_mask, width = rollout.model_inputs(rows)
+            logprobs[rows, :width] = completion_logprobs(
+                model, input_ids, attention_mask, width, args.temperature, group_size=group_size,
+                tokens_per_chunk=args.logprob_chunk_size,
+            )[0].float()
+        return logprobs
 
     def reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
         if not self.needs_reference:
             return None
-        if self.is_peft:
-            with self.lm.disable_adapter():  # the base weights are the reference
-                return self.logprobs_no_grad(self.lm, rollout)
-        # at the policy's precision (bf16 autocast when on), so the KL measures drift, not rounding
-        with self.accelerator.autocast():
-            return self.logprobs_no_grad(self.reference, rollout)
+        # At the policy's precision (bf16 autocast when on), so the KL measures drift, not rounding:
+        # the LoRA reference runs through the bare PeftModel, outside the prepared module's autocast.
+        reference = self.lm if self.is_peft else self.reference
+        with self.accelerator.autocast(), (self.lm.disable_adapter() if self.is_peft else nullcontext()):
+            return self.logprobs_no_grad(reference, rollout)  # with LoRA, the base weights are the reference
 
     def global_sum(self, values: torch.Tensor) -> torch.Tensor:
         # on the accelerator's device: NCCL reduces CUDA tensors only
@@ -316,6 +400,7 @@ class BaseRLTrainer:
         if math.isfinite(grad_norm):
             self.optimizer.step()
             self.scheduler.step()
+            self.rollout_engine.update_weights(self.lm)
         else:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -360,8 +445,7 @@ class BaseRLTrainer:
     def _train(self) -> dict:
         args, acc = self.args, self.accelerator
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        if args.report_to != "none":
-            acc.init_trackers(Path(args.output_dir).name, config={k: str(v) for k, v in vars(args).items()})
+        trackers.init_trackers(acc, args, self.lm)  # with the config, the model and the llm_rl version, before step 1
         if args.resume_from_checkpoint:
             checkpoint.load(self, args.resume_from_checkpoint)
         before = self.evaluate() if self.step == 0 else {}

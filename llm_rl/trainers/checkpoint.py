@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from llm_rl.errors import CheckpointNotFoundError, OutputDirError
+
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -27,7 +29,7 @@ def check_output_dir(output_dir: str, overwrite: bool, resume: str | None) -> No
     path = Path(output_dir)
     holds_run = (path / "metrics.jsonl").exists() or any(path.glob("checkpoint-*"))
     if holds_run and not overwrite and not resume:
-        raise FileExistsError(
+        raise OutputDirError(
             f"output_dir {output_dir!r} already holds a run (metrics.jsonl or checkpoints). Choose another "
             f"--output_dir, pass --overwrite_output_dir to start afresh there, or --resume_from_checkpoint latest "
             f"to continue it."
@@ -200,7 +202,7 @@ def _fsync_dir(folder: Path) -> None:
 def load(trainer, where: str) -> Path:
     path = latest_checkpoint(trainer.args.output_dir) if where == "latest" else Path(where)
     if path is None or not (path / TRAINER_STATE).exists():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"No complete checkpoint found for resume_from_checkpoint={where!r} in {trainer.args.output_dir!r}. "
             f"Pass a checkpoint-N folder that holds {TRAINER_STATE}, or start without --resume_from_checkpoint."
         )

@@ -8,14 +8,35 @@ a ``ConfigError`` that says what to change. A config is never mutated afterwards
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from types import UnionType
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 
+from llm_rl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value of the wrong type or out of range; the message names the field and the fix."""
+
+
+# Trackers report_to accepts (accelerate's names) -> the module each needs, installed by the extra of the same name.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio", "comet_ml": "comet_ml"}
+
+
+def tracker_names(report_to: str | list[str]) -> list[str]:
+    """``report_to`` as a list of tracker names: a list, a comma-separated string, or "none" (no tracker)."""
+    given = [report_to] if isinstance(report_to, str) else report_to
+    names = [name.strip() for item in given for name in item.split(",") if name.strip()]
+    if "none" in names:
+        _check(names == ["none"], f"report_to lists 'none' together with {[n for n in names if n != 'none']}; pass one or the other")
+        return []
+    for name in names:
+        _check(name in TRACKERS, f"report_to: {name!r} is not a tracker llm_rl supports; choose from {', '.join(TRACKERS)} (several at once: --report_to tensorboard wandb), or none")
+        _check(importlib.util.find_spec(TRACKERS[name]) is not None,
+               f"report_to={name!r} needs the {TRACKERS[name]} package, which is not installed: pip install 'llm-rl[{name}]'")  # fmt: skip
+    return names
 
 
 def _check(condition: bool, message: str) -> None:
@@ -67,8 +88,11 @@ class RLConfig:
     logging_steps: int = field(default=1, metadata={"help": "Write a metrics line every this many steps."})
     save_steps: int = field(default=0, metadata={"help": "Save a checkpoint every this many steps (0: only the final model)."})
     eval_steps: int = field(default=0, metadata={"help": "Run the evaluation callback every this many steps (0: never)."})
-    report_to: Literal["none", "tensorboard"] = field(
-        default="none", metadata={"help": "Also log metrics to this tracker through accelerate."}
+    report_to: str | list[str] = field(
+        default_factory=lambda: "none",  # a factory: HfArgumentParser takes a list option's default only from one
+        metadata={"help": f"Also log metrics, the config and the llm_rl version through accelerate's trackers: one or several "
+                          f"of {', '.join(TRACKERS)} (--report_to tensorboard wandb, or tensorboard,wandb), or none. Each "
+                          f"needs its extra (pip install 'llm-rl[wandb]'); wandb writes under output_dir."},
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
@@ -80,6 +104,13 @@ class RLConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability to 0, so the update's log-probs match the sampler's (as TRL does)."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA with bf16 support, off on CPU)."})
+    model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
+        default="float32",
+        metadata={"help": "dtype the trained weights (and the reference copy) load in. float32 by default: hub checkpoints "
+                          "ship bf16, and AdamW on bf16 weights has no float32 master copy, so updates below bf16's "
+                          "resolution (most at lr 1e-6) are lost; bf16=True adds autocast for speed. 'auto' keeps the "
+                          "checkpoint's dtype (as TRL's model_init_kwargs dtype='auto')."},
+    )
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights; the reference is the adapter-disabled base."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
@@ -98,10 +129,35 @@ class RLConfig:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (log-probs are computed at the same temperature)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    rollout_dtype: Literal["float32", "bfloat16"] | None = field(
+        default=None,
+        metadata={"help": "Generate from a copy of the policy in this dtype, refreshed after every update (None: from the "
+                          "policy itself). bfloat16 with float32 training halves the bytes decoding reads; its sampling "
+                          "log-probs then differ from the trainer's (see GRPO's rollout_correction)."},
+    )
     mask_truncated_completions: bool = field(
         default=False, metadata={"help": "Leave completions without EOS out of the loss (DAPO, arXiv 2503.14476)."}
     )
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function (default all 1)."})
+    reward_num_workers: int = field(
+        default=0,
+        metadata={"help": "Threads for plain (non-async) reward functions. 0: called one after another in the training "
+                          "thread. N >= 1: run on N threads, each function's batch cut into N // (plain functions) parts "
+                          "of whole prompt groups, one call each (so a function must not need the whole batch at once). "
+                          "async def functions are always awaited concurrently, once per batch."},
+    )
+    reward_timeout: float | None = field(
+        default=None,
+        metadata={"help": "Seconds one reward call may take; a call over it stops the run with an error naming the "
+                          "function and samples (None: no limit)."},
+    )
+    logprob_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Positions whose LM-head logits exist at once in every log-prob pass: the head computes "
+                          "log-probs from its input this many positions at a time, forward and backward "
+                          "(llm_rl.core.chunked_lm_head_logprobs), so the (rows, tokens, vocabulary) logits never "
+                          "exist. 0: the model's full logits (the path before this option)."},
+    )
 
     # --- optimisation ---
     max_steps: int = field(default=100, metadata={"help": "Rollout steps to train for."})
@@ -115,13 +171,14 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)  # first, so the range checks below compare numbers with numbers
+        self.report_to = tracker_names(self.report_to)  # always a list after init, [] for "none" (as TRL's)
         _check(0 < self.learning_rate < math.inf, f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_length", "max_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         for name in ("logging_steps",):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1")
-        for name in ("save_steps", "eval_steps", "warmup_steps", "top_k", "min_completion_length"):
+        for name in ("save_steps", "eval_steps", "warmup_steps", "top_k", "min_completion_length", "logprob_chunk_size"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
@@ -130,3 +187,8 @@ class RLConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.lora_r >= 1 and 0 <= self.lora_dropout < 1, f"lora_r must be >= 1 and lora_dropout in [0, 1), got {self.lora_r}, {self.lora_dropout}")
         _check(self.min_completion_length <= self.max_completion_length, "min_completion_length exceeds max_completion_length")
+        _check(self.reward_num_workers >= 0, f"reward_num_workers must be >= 0 (0: no threads), got {self.reward_num_workers}")
+        _check(
+            self.reward_timeout is None or 0 < self.reward_timeout < math.inf,
+            f"reward_timeout must be a finite number of seconds > 0, or None for no limit, got {self.reward_timeout}",
+        )

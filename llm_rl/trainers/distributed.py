@@ -77,6 +77,11 @@ def configure_deepspeed(accelerator: Accelerator, micro_batch_rows: int, max_gra
     config["gradient_accumulation_steps"] = accelerator.gradient_accumulation_steps
     config["train_batch_size"] = micro_batch_rows * accelerator.gradient_accumulation_steps * accelerator.num_processes
     config["gradient_clipping"] = max_grad_norm  # 0: no clipping, as in our config
+    # accelerate's wrapper steps the engine inside backward(), before optimizer_update() can look at
+    # the gradient norm: the NaN/inf skip has to be the engine's own. DeepSpeed (>= 0.19) skips a step
+    # whose global norm is not finite on ZeRO-3 and on fp32 ZeRO-1/2; bf16 ZeRO-1/2 only when asked.
+    if config.get("bf16", {}).get("enabled") in (True, "auto"):
+        config["bf16"].setdefault("check_grad_overflow", True)
 
 
 def is_sharded(accelerator: Accelerator) -> bool:
@@ -88,8 +93,10 @@ def is_zero3(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
-def reference_model(accelerator: Accelerator, policy, model, trust_remote_code: bool = False):
+def reference_model(accelerator: Accelerator, policy, model, trust_remote_code: bool = False, dtype: str = "float32"):
     """The frozen reference: a copy of the policy, or under ZeRO-3 the same weights loaded again.
+
+    Either way it has the policy's dtype, so the KL at the start is 0, not bf16 rounding.
 
     ZeRO-3 partitions parameters in place (at load with ``zero3_init_flag``, else in
     ``prepare``) and a deep copy does not survive it, so TRL loads the reference anew there too.
@@ -98,7 +105,7 @@ def reference_model(accelerator: Accelerator, policy, model, trust_remote_code: 
         return frozen_copy(policy)
     if not isinstance(model, str):
         raise TypeError("Under DeepSpeed ZeRO-3 pass the model as a name or folder, so the reference can be loaded from it.")
-    return load_causal_lm(model, trust_remote_code=trust_remote_code).requires_grad_(False).eval()
+    return load_causal_lm(model, trust_remote_code, dtype).requires_grad_(False).eval()
 
 
 def prepare_frozen(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:

@@ -32,7 +32,12 @@ class PPOConfig(RLConfig):
         default=1, metadata={"help": "Passes over each rollout batch (1 with one mini-batch: no separate old-policy pass)."}
     )
     num_mini_batches: int = field(default=1, metadata={"help": "Optimizer updates per pass (the batch is split in this many)."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE."})
+    advantage_estimator: Literal["gae", "reinforce_pp"] = field(
+        default="gae",
+        metadata={"help": "gae: a value head and GAE (the PPO of InstructGPT); reinforce_pp: no critic, the whitened "
+                          "return-to-go of the KL-penalised token rewards (REINFORCE++, arXiv 2501.03262): no value loss."},
+    )
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of GAE (and of reinforce_pp's return-to-go)."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (Schulman et al. 2016, arXiv 1506.02438)."})
     cliprange: float | None = field(
         default=0.2, metadata={"help": "Policy ratio clip (PPO-clip); None turns clipping off (PPO-penalty with kl_controller=adaptive)."}

@@ -4,7 +4,9 @@ Each step: completions -> scores -> token-level rewards (the score on the last v
 token, ``-kl_coef * KL`` on every token) -> values -> GAE -> whitened advantages ->
 ``num_ppo_epochs`` passes of mini-batch updates of the clipped policy loss plus the
 clipped value loss. PPO-penalty is ``kl_controller="adaptive"``, optionally with
-``cliprange=None``. The math is in ``llm_rl.core``; this file only orders it.
+``cliprange=None``. ``advantage_estimator="reinforce_pp"`` drops the critic: the advantages
+are the whitened return-to-go of the same token rewards (REINFORCE++, arXiv 2501.03262) and
+there is no value loss. The math is in ``llm_rl.core``; this file only orders it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from llm_rl.core import (
     kl_penalty,
     masked_mean,
     masked_whiten,
+    reinforce_pp_advantages,
 )
-from llm_rl.models.loading import load_causal_lm, resolve_model_path
+from llm_rl.models.loading import load_backbone, resolve_model_path
 from llm_rl.models.value_head import PolicyWithValue
-from llm_rl.rollout import Rollout, generate_rollout
+from llm_rl.rollout import Rollout
 from llm_rl.trainers.base import BaseRLTrainer, ready_for_training, row_chunks
 from llm_rl.trainers.ppo_config import PPOConfig
 
@@ -44,6 +47,11 @@ class PPOTrainer(BaseRLTrainer):
 
     def __init__(self, model, reward_funcs, args: PPOConfig | None = None, train_dataset=None, value_model=None, **kwargs):
         args = args or PPOConfig()
+        if value_model is not None and args.advantage_estimator == "reinforce_pp":
+            raise ValueError(
+                "advantage_estimator='reinforce_pp' trains no critic, so value_model would be loaded for nothing: "
+                "drop value_model, or use advantage_estimator='gae'"
+            )
         self.value_model_name = value_model
         self.needs_reference = args.kl_coef > 0 or args.kl_controller == "adaptive"
         self.kl_controller = (
@@ -52,18 +60,33 @@ class PPOTrainer(BaseRLTrainer):
             else FixedKLController(args.kl_coef)
         )
         super().__init__(model, reward_funcs, args, train_dataset, **kwargs)
+        # advantage_estimator -> (token rewards, old values, mask) -> (advantages, returns), each (B, T)
+        self.estimate_advantages = {"gae": self._gae_advantages, "reinforce_pp": self._reinforce_pp_advantages}[
+            args.advantage_estimator
+        ]
 
     # ------------------------------------------------------------------ setup hooks
     def wrap_policy(self, policy):
         critic = None
         if self.value_model_name is not None:
-            critic = load_causal_lm(resolve_model_path(self.value_model_name), trust_remote_code=self.args.trust_remote_code)
+            name = resolve_model_path(self.value_model_name)
+            critic = load_backbone(name, self.args.trust_remote_code, self.args.model_dtype)
             critic = ready_for_training(critic, self.args)
         return PolicyWithValue(policy, critic).train()
 
     @property
     def lm(self):
         return self.unwrapped.policy
+
+    @property
+    def uses_critic(self) -> bool:
+        """GAE needs the value head; REINFORCE++ (critic-free) neither trains nor reads it."""
+        return self.args.advantage_estimator == "gae"
+
+    def _optimizer_and_scheduler(self, trainable):
+        if not self.uses_critic:  # frozen before prepare: DDP then expects no gradient for it
+            trainable.value_head.requires_grad_(False)
+        return super()._optimizer_and_scheduler(trainable)
 
     @property
     def fuses_first_pass(self) -> bool:
@@ -101,11 +124,7 @@ class PPOTrainer(BaseRLTrainer):
 
         # 1. rollout
         prompts, texts, columns, seeds = self.next_prompts()
-        with self.generating():
-            rollout = generate_rollout(
-                self.lm, self.tokenizer, texts, seeds, args.num_generations, args.max_completion_length,
-                args.temperature, args.top_p, args.top_k, args.min_completion_length,
-            )
+        rollout = self.rollout_engine.generate(texts, seeds, args.num_generations)
         mask = rollout.completion_mask.clone()
         if args.mask_truncated_completions:
             mask[rollout.truncated] = 0
@@ -123,22 +142,26 @@ class PPOTrainer(BaseRLTrainer):
             first_pass = self._forward(rollout, all_rows)
             old_logprobs, old_values = (_pad_columns(t.detach(), mask.shape[1]) for t in (first_pass[0], first_pass[2]))
         else:
-            with torch.no_grad():
-                old_logprobs, _, old_values = self.unwrapped(
-                    rollout.input_ids, rollout.attention_mask, mask.shape[1], args.temperature
-                )
+            # per_device_batch_size prompts' rows per forward (as BaseRLTrainer.logprobs_no_grad), zero-padded to the width
+            old_logprobs, old_values = torch.zeros(mask.shape, device=mask.device), torch.zeros(mask.shape, device=mask.device)
+            for rows in all_rows.split(args.per_device_batch_size * args.num_generations):
+                input_ids, attention_mask, width = rollout.model_inputs(rows)
+                with torch.no_grad():
+                    logprobs, _, values = self.unwrapped(
+                        input_ids, attention_mask, width, args.temperature, tokens_per_chunk=args.logprob_chunk_size
+                    )
+                old_logprobs[rows, :width], old_values[rows, :width] = logprobs, values
         if ref_logprobs is None:
             ref_logprobs = old_logprobs  # kl_coef == 0: no penalty, no reference model
 
-        # 4. token-level KL-penalised rewards, GAE, whitened advantages
+        # 4. token-level KL-penalised rewards; advantages (GAE, whitened; or REINFORCE++'s), returns
         with torch.no_grad():
             kl_coef = self.kl_controller.value
             rewards = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, args.kl_estimator)
             # whitening statistics are global, so N processes whiten exactly as one would
             if args.whiten_rewards:
                 rewards = masked_whiten(rewards, mask, shift_mean=False, mean_var=self.global_mean_var(rewards, mask))
-            advantages, returns = gae(rewards, old_values, mask, args.gamma, args.lam)
-            advantages = masked_whiten(advantages, mask, mean_var=self.global_mean_var(advantages, mask))
+            advantages, returns = self.estimate_advantages(rewards, old_values, mask)
             sequence_kl = (kl_penalty(old_logprobs, ref_logprobs, args.kl_estimator) * mask).sum(-1)  # (B,)
 
         # 5. epochs x mini-batches (x micro-batches accumulated into one update)
@@ -169,14 +192,23 @@ class PPOTrainer(BaseRLTrainer):
             kl=mean_kl,
             kl_coef=kl_coef,
             returns_mean=(self.global_sum((returns * mask).sum()) / self.global_sum(mask.sum())).item(),
-            explained_variance=explained_variance(old_values, returns, mask).item(),
         )
+        if self.uses_critic:
+            metrics["explained_variance"] = explained_variance(old_values, returns, mask).item()
         return metrics
+
+    def _gae_advantages(self, rewards, old_values, mask):
+        advantages, returns = gae(rewards, old_values, mask, self.args.gamma, self.args.lam)
+        return masked_whiten(advantages, mask, mean_var=self.global_mean_var(advantages, mask)), returns
+
+    def _reinforce_pp_advantages(self, rewards, old_values, mask):
+        return reinforce_pp_advantages(rewards, mask, self.args.gamma, mean_var=self.global_mean_var)
 
     def _forward(self, rollout: Rollout, rows: torch.Tensor):
         """``(logprobs, entropy, values)`` of ``rows`` with gradients, each ``(len(rows), width)``."""
         input_ids, attention_mask, width = rollout.model_inputs(rows)
-        return self.model(input_ids, attention_mask, width, self.args.temperature, entropy_grad=self.args.entropy_coef > 0)
+        return self.model(input_ids, attention_mask, width, self.args.temperature, entropy_grad=self.args.entropy_coef > 0,
+                          tokens_per_chunk=self.args.logprob_chunk_size)
 
     def _backward(self, stats, rows, forward, targets, denominator):
         """Loss of one micro-batch (indices ``rows``, its ``forward`` outputs), backward, and running stats."""
@@ -186,13 +218,16 @@ class PPOTrainer(BaseRLTrainer):
         policy_loss, policy_stats = clipped_policy_loss(
             logprobs, old_logprobs, advantages, mask, args.cliprange, None, "token_mean"
         )
-        value_loss, value_stats = clipped_value_loss(values, old_values, returns, mask, args.cliprange_value)
         entropy_mean = masked_mean(entropy, mask)
-        loss = policy_loss + args.vf_coef * value_loss - args.entropy_coef * entropy_mean
+        loss = policy_loss - args.entropy_coef * entropy_mean
+        values_stats = {**policy_stats, "policy_loss": policy_loss, "entropy": entropy_mean}
+        if self.uses_critic:
+            value_loss, value_stats = clipped_value_loss(values, old_values, returns, mask, args.cliprange_value)
+            loss = loss + args.vf_coef * value_loss
+            values_stats.update(value_stats, value_loss=value_loss)
         weight = aggregation_denominator(mask, "token_mean") / denominator
         self.backward(loss * weight)
-        values_stats = {**policy_stats, **value_stats, "policy_loss": policy_loss, "value_loss": value_loss,
-                        "loss": loss, "entropy": entropy_mean}
+        values_stats["loss"] = loss
         for key, value in values_stats.items():
             stats.setdefault(key, []).append(value.detach().float())
 
