@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from llm_rl.data import load_task
 from llm_rl.data.arithmetic import (
@@ -69,7 +68,7 @@ def test_the_evaluation_sets():
 
 def test_the_warm_start_never_sees_an_unseen_problem(monkeypatch, tiny_tokenizer):
     seen_prompts = []
-    real_batch, real_accuracy = tiny._sft_batch, tiny.greedy_accuracy
+    real_batch = tiny._sft_batch
     monkeypatch.setattr(tiny, "_sft_batch", lambda tok, problems: seen_prompts.extend(p["prompt"] for p in problems)
                         or real_batch(tok, problems))
     monkeypatch.setattr(tiny, "greedy_accuracy", lambda model, tok, data, **k: seen_prompts.extend(data["prompt"]) or 0.0)

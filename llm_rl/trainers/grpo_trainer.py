@@ -129,7 +129,7 @@ class GRPOTrainer(BaseRLTrainer):
     # ------------------------------------------------------------------ 1-2. rollout and score
     def _draw_round(self) -> Groups:
         """This process's next prompts from the stream, G sampled completions each, scored."""
-        args, G = self.args, self.args.num_generations
+        G = self.args.num_generations
         prompts, texts, columns, seeds = self.next_prompts()
         rollout = self.rollout_engine.generate(texts, seeds, G)
         rewards, per_func = self.score(prompts, rollout.completion_ids, columns, G)
