@@ -1,7 +1,8 @@
 """Cost of one ``GroupSampler`` decoding step at a real vocabulary (Qwen2.5's 151,936 tokens).
 
     python benchmarks/sampler_cost.py                                   # 16 rows, 1 thread
-    python benchmarks/sampler_cost.py --compare /tmp/sampler_before.py  # side by side with another sampler.py
+    git show HEAD~1:llm_rl/rollout/sampler.py > OLD.py
+    python benchmarks/sampler_cost.py --compare OLD.py                  # side by side with another sampler.py
 
 Times ``GroupSampler.__call__`` on random ``(rows, V)`` float32 logits (what ``generate``
 hands a logits processor) for top_p = 1, top_p = 0.95 and top_k = 50 (+ top_p = 0.95),
