@@ -4,6 +4,7 @@
 #   benchmarks/gpu_check.sh                       # on the GPU machine: writes gpu_check.json
 #   benchmarks/gpu_check.sh --out figures.json
 #   benchmarks/gpu_check.sh --dry-run             # on a CPU: the same steps at the smoke size, nothing installed
+#   benchmarks/gpu_check.sh --work DIR            # keep each step's own output (real_shape JSONs, JUnit XML) in DIR
 #
 # 1. the machine: Python, torch, CUDA, the GPU (nvidia-smi's read-only query; the GPU is never reset);
 # 2. what the machine lacks of llm_rl's requirements (pyproject.toml, torch excluded) and pytest,
@@ -24,21 +25,22 @@ PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 DRY_RUN=0
 OUT="gpu_check.json"
 WHEELS="$HERE/gpu_wheels"
+WORK=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --out) OUT="$2"; shift ;;
         --wheels) WHEELS="$2"; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument $1 (--dry-run, --out PATH, --wheels DIR)" >&2; exit 2 ;;
+        --work) WORK="$2"; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "gpu_check.sh: unknown argument $1 (--dry-run, --out PATH, --wheels DIR, --work DIR)" >&2; exit 2 ;;
     esac
     shift
 done
 OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"  # absolute: the steps below run from the repository
 
 log() { printf '[gpu_check %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+if [ -z "$WORK" ]; then WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; else mkdir -p "$WORK"; WORK="$(cd "$WORK" && pwd)"; fi
 FAILED=()
 step() {  # step NAME COMMAND...: run it, print it, record a failure without stopping
     local name="$1"; shift
@@ -125,7 +127,8 @@ if [ "${#CUDA_TESTS[@]}" -eq 0 ]; then
     log "no test file marks pytest.mark.cuda"; FAILED+=(cuda_tests)
 else
     log "CUDA tests in ${CUDA_TESTS[*]} (without CUDA they skip)"
-    step cuda_tests "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider --junitxml "$WORK/cuda_tests.xml" "${CUDA_TESTS[@]}"
+    # -o addopts=: in one process, without the -n of pyproject.toml (pytest-xdist may not be on this machine)
+    step cuda_tests "$PYTHON" -m pytest -o addopts= -m cuda -q -p no:cacheprovider --junitxml "$WORK/cuda_tests.xml" "${CUDA_TESTS[@]}"
 fi
 
 # ---------------------------------------------------------------- 4-5. the 0.5B shape (smoke size in a dry run)

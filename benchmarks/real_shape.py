@@ -58,7 +58,8 @@ RUNS = {  # name: (framework, algorithm, llm_rl config fields)
     "trl_grpo": ("trl", "grpo", {}),
 }
 # what an allocation failure prints: torch's CPU allocator, Python, C++ (a thread or buffer), CUDA
-OOM_MARKERS = ("can't allocate memory", "MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
+OOM_MARKERS = ("can't allocate memory", "MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory",
+               "fail to memory allocation")  # the last: the tokenizer's regex engine (Oniguruma) under RLIMIT_AS
 
 
 # ---------------------------------------------------------------------------- prompts of an exact length

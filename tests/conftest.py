@@ -7,6 +7,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never reach a model hub
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # pytest -n N: share the cores between the workers, not oversubscribe them
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _threads  # the scripts the tests start inherit it too
+
+    import torch
+
+    torch.set_num_threads(int(_threads))
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -92,28 +92,6 @@ def test_real_shape_state_memory_is_what_predict_memory_counts(monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_shape_smoke_run_writes_the_documented_json(tmp_path):
-    import json
-    import subprocess
-
-    out = tmp_path / "real_shape.json"
-    cmd = [sys.executable, str(BENCHMARKS / "real_shape.py"), "--size", "smoke", "--only", "llm_rl_grpo",
-           "--steps", "1", "--warmup", "0", "--json", str(out)]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    report = json.loads(out.read_text())
-    assert report["settings"]["size"] == "smoke" and report["settings"]["prompt_length"] == 64
-    run = report["runs"]["llm_rl_grpo"]
-    assert run["status"] == "ok"
-    for key in RUN_FIGURES:
-        assert run[key] > 0, key
-    assert run["tokens_per_row"] == 64 + report["settings"]["max_completion_length"]  # exact prompts, forced length
-    shares = run["generation_share"] + run["logprob_share"] + run["update_share"]
-    assert shares == pytest.approx(1.0)
-    assert "llm_rl_grpo" in result.stdout and "peak memory above baseline MB" in result.stdout
-
-
-@pytest.mark.slow
 def test_real_shape_reports_a_run_out_of_memory_instead_of_failing(tmp_path):
     import json
     import subprocess
@@ -134,10 +112,22 @@ def test_gpu_check_dry_run_on_cpu_writes_its_figures(tmp_path):
     import os
     import subprocess
 
-    out = tmp_path / "gpu_check.json"
-    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+    out, work = tmp_path / "gpu_check.json", tmp_path / "work"
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run", "--out", str(out), "--work", str(work)],
                             capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    # its float32 rollout step is `real_shape.py --size smoke --only llm_rl_grpo --warmup 0 --steps 1`: the documented JSON
+    shape = json.loads((work / "rollout_float32.json").read_text())
+    assert shape["settings"]["size"] == "smoke" and shape["settings"]["prompt_length"] == 64
+    run = shape["runs"]["llm_rl_grpo"]
+    assert run["status"] == "ok"
+    for key in RUN_FIGURES:
+        assert run[key] > 0, key
+    assert run["tokens_per_row"] == 64 + shape["settings"]["max_completion_length"]  # exact prompts, forced length
+    assert run["generation_share"] + run["logprob_share"] + run["update_share"] == pytest.approx(1.0)
+    assert "llm_rl_grpo" in result.stdout and "peak memory above baseline MB" in result.stdout  # real_shape's table
+
     report = json.loads(out.read_text())
     assert report["dry_run"] is True and report["failed_steps"] == []
     assert report["cuda_tests"]["tests"] >= 1  # collected; skipped here, without CUDA

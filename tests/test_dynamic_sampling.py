@@ -15,6 +15,8 @@ from llm_rl import GRPOConfig, GRPOTrainer
 from llm_rl.trainers.checkpoint import latest_checkpoint
 from llm_rl.trainers.dynamic_sampling import choose_groups, informative_groups
 from llm_rl.trainers.prompt_stream import PromptStream
+from launching import ENV, accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,15 +172,12 @@ def test_two_processes_draw_and_train_on_exactly_the_prompts_one_process_does(ti
 
     script = tmp_path / "draws.py"
     script.write_text(DRAWS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one"), "4"],
-                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir,
-         str(tmp_path / "two"), "2"],
-        env=env, capture_output=True, text=True, timeout=600,
+        accelerate_launch(script, tiny_model_dir, tmp_path / "two", "2"),
+        env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
 

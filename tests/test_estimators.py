@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 from functools import partial
 
 import pytest
@@ -20,6 +19,7 @@ from llm_rl.core import (
     rloo_advantages,
 )
 from llm_rl.trainers.config import ConfigError
+from launching import free_port
 
 
 def _config(tmp_path, **overrides):
@@ -273,10 +273,7 @@ def test_reinforce_pp_whitening_is_the_same_over_one_and_two_processes(tmp_path)
 
     results = {}
     for world in (1, 2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(_whiten_on_rank, args=(world, port, str(tmp_path)), nprocs=world, join=True)
+        mp.spawn(_whiten_on_rank, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
         parts = [json.loads((tmp_path / f"{world}-{rank}.json").read_text()) for rank in range(world)]
         results[world] = {k: torch.cat([torch.tensor(p[k]) for p in parts]) for k in ("baseline", "no_baseline")}
     rewards, mask, _ = _batch()

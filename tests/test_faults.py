@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from llm_rl.trainers.checkpoint import latest_checkpoint
+from launching import ENV, accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,10 +226,8 @@ except OSError as err:
 def test_a_full_disk_on_one_of_two_processes_stops_both_with_the_same_clear_error(tiny_model_dir, tmp_path):
     script, out = tmp_path / "train.py", tmp_path / "run"
     script.write_text(FULL_DISK_ON_RANK_1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir, str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # a hang fails here
+    command = accelerate_launch(script, tiny_model_dir, out)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)  # a hang fails here
     assert result.returncode != 0
     rank_0, rank_1 = (out / "error-0.txt").read_text(), (out / "error-1.txt").read_text()
     assert "Could not write checkpoint-2" in rank_1 and "(No space left on device)" in rank_1

@@ -7,7 +7,6 @@ the same global batch (the same per-prompt samples, the same globally normalised
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from launching import ENV, accelerate_launch, torchrun
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 TRAIN = '''
 import sys
@@ -118,12 +118,11 @@ def _launch(tmp_path, config: str | None, run: str, *args: str) -> Path:
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
     out = tmp_path / run
-    launcher = [] if config is None else [
-        "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no",  # the GPU configs say 8 processes and bf16
-    ]
-    result = subprocess.run([sys.executable, *launcher, str(script), args[0], args[1], str(out), *args[2:]],
-                            env=ENV, capture_output=True, text=True, timeout=400)
+    script_and_args = (script, args[0], args[1], out, *args[2:])
+    # the GPU configs say 8 processes and bf16
+    command = [sys.executable, *map(str, script_and_args)] if config is None else \
+        accelerate_launch(*script_and_args, config=config, num_processes=2, mixed_precision="no")
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-12000:]
     return out
 
@@ -136,8 +135,7 @@ def _rewards(run: Path) -> list:
 def test_fully_shard_trains_over_gloo_on_cpu(tmp_path):
     """torch's FSDP2 on CPU: each rank holds half of each weight, and a step equals the unsharded one."""
     (tmp_path / "toy.py").write_text(TOY)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "toy.py"),
-               str(tmp_path / "out.json")]
+    command = torchrun(tmp_path / "toy.py", tmp_path / "out.json")
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
@@ -154,9 +152,13 @@ def test_fully_shard_trains_over_gloo_on_cpu(tmp_path):
         assert torch.allclose(torch.tensor(out["full"][name]), value, atol=1e-6), name
 
 
+# step 2's policy loss is NaN: every engine must skip that update and keep the learning-rate schedule going
+NAN_STEP = ("nan_step=2", "lr_scheduler_type=linear")
+
+
 @pytest.fixture(scope="module")
 def one_process_grpo(tiny_model_dir, tmp_path_factory):
-    return _launch(tmp_path_factory.mktemp("alone"), None, "run", "grpo", tiny_model_dir, "4")
+    return _launch(tmp_path_factory.mktemp("alone"), None, "run", "grpo", tiny_model_dir, "4", *NAN_STEP)
 
 
 def _needs(engine: str):
@@ -166,14 +168,23 @@ def _needs(engine: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", [_needs("fsdp"), _needs("zero2"), _needs("zero3")])
-def test_grpo_sharded_on_two_processes_matches_one_process(engine, one_process_grpo, tiny_model_dir, tmp_path):
+def test_grpo_sharded_on_two_processes_matches_one_process_and_skips_a_nan_step(engine, one_process_grpo, tiny_model_dir,
+                                                                               tmp_path):
+    """2 x 2 prompts == 1 x 4, with step 2's loss NaN. accelerate's DeepSpeed wrapper steps the engine inside
+    ``backward``, before the trainer sees the gradient norm: there the skip must come from the engine itself
+    (DeepSpeed >= 0.19 skips a step whose global norm is NaN/inf, on ZeRO-1/2 in bf16 only with
+    ``bf16.check_grad_overflow``, which we set)."""
     from transformers import AutoModelForCausalLM
 
-    sharded = _launch(tmp_path, engine, "run", "grpo", tiny_model_dir, "2")  # 2 x 2 prompts == 1 x 4
+    sharded = _launch(tmp_path, engine, "run", "grpo", tiny_model_dir, "2", *NAN_STEP)
     summary = json.loads((sharded / "eval.json").read_text())
     assert summary["num_processes"] == 2
     assert summary["distributed_type"] == ("FSDP" if engine == "fsdp" else "DEEPSPEED")
     assert _rewards(sharded) == _rewards(one_process_grpo)
+    for run in (one_process_grpo, sharded):
+        assert json.loads((run / "eval.json").read_text())["skipped_steps"] == 1
+    rows = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]  # noqa: E731
+    assert [r["learning_rate"] for r in rows(sharded)] == pytest.approx([r["learning_rate"] for r in rows(one_process_grpo)])
 
     alone, together = load_file(one_process_grpo / "final" / "model.safetensors"), load_file(sharded / "final" / "model.safetensors")
     assert alone.keys() == together.keys()  # gathered whole, tied weights saved once
@@ -201,25 +212,6 @@ def test_ppo_fsdp2_resumes_a_sharded_checkpoint_bit_identically(tiny_model_dir, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [_needs("zero2"), _needs("zero3")])
-def test_a_nan_step_is_skipped_by_deepspeed_too(engine, tiny_model_dir, tmp_path):
-    """accelerate's DeepSpeed wrapper steps the engine inside ``backward``, before the trainer sees the
-    gradient norm: the skip must come from the engine itself (DeepSpeed >= 0.19 skips a step whose global
-    norm is NaN/inf, on ZeRO-1/2 in bf16 only with ``bf16.check_grad_overflow``, which we set). The
-    weights and the learning-rate schedule must match a 1-process run that skips the same step."""
-    alone = _launch(tmp_path, None, "alone", "grpo", tiny_model_dir, "4", "nan_step=2", "lr_scheduler_type=linear")
-    sharded = _launch(tmp_path, engine, "sharded", "grpo", tiny_model_dir, "2", "nan_step=2", "lr_scheduler_type=linear")
-    for run in (alone, sharded):
-        assert json.loads((run / "eval.json").read_text())["skipped_steps"] == 1
-    rows = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]  # noqa: E731
-    assert [r["learning_rate"] for r in rows(sharded)] == pytest.approx([r["learning_rate"] for r in rows(alone)])
-    a, b = load_file(alone / "final" / "model.safetensors"), load_file(sharded / "final" / "model.safetensors")
-    for name in a:
-        assert torch.isfinite(b[name]).all(), name
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("tied", ["tied", "untied"])
 def test_fused_lm_head_under_fsdp2_matches_the_full_logits_and_one_process(tmp_path, tied):
     """FSDP2 on 2 processes: the fused head reads the whole weight inside the root unit's forward, and
@@ -231,8 +223,7 @@ def test_fused_lm_head_under_fsdp2_matches_the_full_logits_and_one_process(tmp_p
 
     (tmp_path / "fused.py").write_text(FUSED_HEAD)
     out = tmp_path / "out.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(tmp_path / "fused.py"),
-               str(out), tied]  # --standalone: a free port
+    command = torchrun(tmp_path / "fused.py", out, tied)
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     sharded = torch.load(out)

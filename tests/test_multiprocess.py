@@ -1,32 +1,16 @@
 """Two gloo processes on a CPU-only machine, launched the way users launch them."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launching import ENV, accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.slow
-def test_grpo_math_runs_as_two_processes(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"),
-        str(ROOT / "recipes" / "grpo_math.py"), "--model", tiny_model_dir, "--output_dir", str(out),
-        "--max_steps", "2", "--eval_size", "8", "--per_device_batch_size", "2", "--num_generations", "2",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    evaluation = json.loads((out / "eval.json").read_text())
-    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert evaluation["num_processes"] == 2 and first["num_processes"] == 2
 
 
 def _final_weights(folder):
@@ -42,18 +26,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, warm
     tiny_model_dir = warm_tiny_model_dir  # rewards that differ inside a group, so the weights move
     common = [str(ROOT / "recipes" / f"{recipe}.py"), "--model", tiny_model_dir, "--max_steps", "3",
               "--eval_steps", "0", "--eval_size", "4", "--num_generations", "2", "--learning_rate", "1e-2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = subprocess.run([sys.executable, *common, "--output_dir", str(tmp_path / "one"), "--per_device_batch_size", "4"],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", *common, "--output_dir", str(tmp_path / "two"),
-         "--per_device_batch_size", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
+        accelerate_launch(*common, "--output_dir", tmp_path / "two", "--per_device_batch_size", "2"),
+        env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    # recipes/accelerate_configs/cpu_2proc.yaml really starts 2 processes (`--cpu` would silently start 1)
+    for run, processes in (("one", 1), ("two", 2)):
+        assert json.loads((tmp_path / run / "eval.json").read_text())["num_processes"] == processes
+        assert rows(run)[0]["num_processes"] == processes
     logged = lambda run, key: [row[key] for row in rows(run) if key in row]  # noqa: E731
     assert logged("one", "reward_mean") == logged("two", "reward_mean")
     # Adam forgives a gradient off by a constant factor; the gradient norm does not
@@ -119,15 +104,12 @@ def test_dr_grpo_normaliser_is_the_same_whatever_each_process_completion_width(t
     completions are shorter (fewer columns after trimming) still gets the global gradient."""
     script = tmp_path / "one_step.py"
     script.write_text(ONE_STEP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one"), "4"],
-                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                         env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir,
-         str(tmp_path / "two"), "2"],
-        env=env, capture_output=True, text=True, timeout=300,
+        accelerate_launch(script, tiny_model_dir, tmp_path / "two", "2"),
+        env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     single, rank_0 = (json.loads((tmp_path / run / "step-0.json").read_text()) for run in ("one", "two"))

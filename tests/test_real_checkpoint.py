@@ -7,9 +7,7 @@ fix it names (issue 13).
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
 from llm_rl.models.forward import completion_logprobs
 from llm_rl.rollout import generate_rollout
 from test_options import gradients_of_first_update
+from launching import ENV, accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,15 +144,12 @@ def test_ppo_with_the_untied_separate_critic_on_two_processes(qwen_like_dir, tmp
     reduction in the prior iteration")."""
     data = tmp_path / "chats.jsonl"
     data.write_text("\n".join(json.dumps(row) for row in _chat_prompts(8).to_list()))
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(ROOT / "recipes" / "ppo_math.py"), "--model", qwen_like_dir, "--value_model", qwen_like_dir,
-        "--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--eval_steps", "0",
+    command = accelerate_launch(
+        ROOT / "recipes" / "ppo_math.py", "--model", qwen_like_dir, "--value_model", qwen_like_dir,
+        "--dataset", data, "--output_dir", tmp_path / "run", "--max_steps", "2", "--eval_steps", "0",
         "--per_device_batch_size", "2", "--num_generations", "2", "--max_completion_length", "6",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    )
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["num_processes"] == 2 and len([r for r in rows if "loss" in r]) == 2

@@ -19,15 +19,11 @@ pytest.importorskip("requests", reason="RemoteReward needs requests (the remote 
 from llm_rl import GRPOConfig, GRPOTrainer  # noqa: E402
 from llm_rl.trainers.checkpoint import latest_checkpoint  # noqa: E402
 from reward_models import RemoteReward, RewardError, compute_rewards  # noqa: E402
+from launching import free_port  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 class ExampleServer:

@@ -9,9 +9,7 @@ The rule (reward_models.combine and BaseRLTrainer.score):
 """
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import torch
 
 from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
 from reward_models import RewardError, RewardWarning, TrainerState, compute_rewards
+from launching import ENV, accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,9 +163,8 @@ TWO_PROCESS_RUN = textwrap.dedent('''
 def test_two_processes_none_on_one_is_fine_and_a_failure_on_one_stops_both(fail, tiny_model_dir, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(TWO_PROCESS_RUN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **({"TRAIN_FAIL": "1"} if fail else {})}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate_configs" / "cpu_2proc.yaml"), str(script), tiny_model_dir, str(tmp_path / "out")]
+    env = {**ENV, **({"TRAIN_FAIL": "1"} if fail else {})}
+    command = accelerate_launch(script, tiny_model_dir, tmp_path / "out")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if not fail:
         assert result.returncode == 0, result.stderr[-3000:]

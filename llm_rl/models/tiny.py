@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config
 from transformers import Qwen2ForCausalLM
@@ -198,11 +199,14 @@ def default_cache_dir() -> Path:
 def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, target_accuracy: float = 0.35, log=print) -> Path:
     """Build tokenizer + warm-started model and save them (safetensors) to ``out_dir`` atomically."""
     out_dir = Path(out_dir)
-    start = time.perf_counter()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    tokenizer = build_tokenizer()
-    model = build_untrained(tokenizer, seed=seed)
-    report = warm_start(model, tokenizer, seed=seed, target_accuracy=target_accuracy, log=log)
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # the same float sums, so the same model, anywhere
+    try:
+        tokenizer = build_tokenizer()
+        model = build_untrained(tokenizer, seed=seed)
+        report = warm_start(model, tokenizer, seed=seed, target_accuracy=target_accuracy, log=log)
+    finally:
+        torch.set_num_threads(threads)
     report.update(
         version=TINY_VERSION,
         seed=seed,
@@ -227,8 +231,12 @@ def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, seed: int = 0,
     path = Path(cache_dir) if cache_dir else default_cache_dir() / f"{TINY_VERSION}-seed{seed}"
     if (path / "tiny_model.json").exists():
         return path
-    log(f"building the embedded tiny model into {path} (offline, about a minute) ...")
-    return build_tiny_model(path, seed=seed, log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # processes that start together (pytest -n 2, several runs) build it once
+        if (path / "tiny_model.json").exists():
+            return path
+        log(f"building the embedded tiny model into {path} (offline, about a minute) ...")
+        return build_tiny_model(path, seed=seed, log=log)
 
 
 def load_tiny(path: str | os.PathLike):
