@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -117,7 +118,12 @@ def _save_atomically(path: Path, model, tokenizer) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)  # a half-written folder is never mistaken for a built one
+    try:
+        os.replace(tmp, path)  # a half-written folder is never mistaken for a built one
+    except OSError:  # another process (pytest -n, a second benchmark) built the same folder first: keep its copy
+        if not (path / "model.safetensors").exists():
+            raise
+        shutil.rmtree(tmp)
 
 
 def parameter_count(model_dir: str | Path) -> int:
