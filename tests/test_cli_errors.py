@@ -33,6 +33,8 @@ from llm_rl.errors import (
 from llm_rl.trainers.config import ConfigError
 from reward_models.combine import RewardError, RewardModelNotFoundError
 
+pytestmark = pytest.mark.xdist_group("test_cli_errors")  # one worker: its module-scoped fixtures are built once
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from launching import ENV, accelerate_launch, torchrun
 
 
+pytestmark = pytest.mark.xdist_group("test_fsdp")  # one worker: its module-scoped fixtures are built once
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 

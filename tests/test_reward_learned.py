@@ -8,6 +8,8 @@ from llm_rl.models.tiny import build_tokenizer
 from reward_models import LearnedReward, compute_rewards, reward_name
 from reward_models.learned import pad_right, reward_model_inputs
 
+pytestmark = pytest.mark.xdist_group("test_reward_learned")  # one worker: its module-scoped fixtures are built once
+
 # Very different lengths, so batched rows carry a lot of padding.
 PROMPTS = [
     "What is 2 + 2? Answer:",

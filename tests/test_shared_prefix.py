@@ -6,6 +6,8 @@ from transformers import AutoModelForCausalLM
 
 from llm_rl.models.forward import can_share_prefix, completion_logprobs
 
+pytestmark = pytest.mark.xdist_group("test_shared_prefix")  # one worker: its module-scoped fixtures are built once
+
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
