@@ -33,3 +33,14 @@ def torchrun(*script_and_args, nproc: int = 2) -> list[str]:
     """``torch.distributed.run`` on 2 processes; ``--standalone`` picks a free port."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
             *map(str, script_and_args)]
+
+
+def run_alone_and_on_two_processes(script, model: str, out, timeout: int = 300) -> None:
+    """``script MODEL OUT/one 4`` in one process, then ``script MODEL OUT/two 2`` on 2 (the same global batch);
+    each must exit 0."""
+    import subprocess
+
+    for command in ([sys.executable, str(script), model, str(out / "one"), "4"],
+                    accelerate_launch(script, model, out / "two", "2")):  # fmt: skip
+        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr[-3000:]

@@ -15,7 +15,7 @@ from llm_rl import GRPOConfig, GRPOTrainer
 from llm_rl.trainers.checkpoint import latest_checkpoint
 from llm_rl.trainers.dynamic_sampling import choose_groups, informative_groups
 from llm_rl.trainers.prompt_stream import PromptStream
-from launching import ENV, accelerate_launch
+from launching import run_alone_and_on_two_processes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,14 +172,7 @@ def test_two_processes_draw_and_train_on_exactly_the_prompts_one_process_does(ti
 
     script = tmp_path / "draws.py"
     script.write_text(DRAWS)
-    one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one"), "4"],
-                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        accelerate_launch(script, tiny_model_dir, tmp_path / "two", "2"),
-        env=ENV, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_alone_and_on_two_processes(script, tiny_model_dir, tmp_path, timeout=600)
 
     (single,) = json.loads((tmp_path / "one" / "draws.json").read_text())
     rank_0, rank_1 = json.loads((tmp_path / "two" / "draws.json").read_text())

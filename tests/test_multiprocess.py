@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import ENV, accelerate_launch
+from launching import ENV, accelerate_launch, run_alone_and_on_two_processes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,14 +104,7 @@ def test_dr_grpo_normaliser_is_the_same_whatever_each_process_completion_width(t
     completions are shorter (fewer columns after trimming) still gets the global gradient."""
     script = tmp_path / "one_step.py"
     script.write_text(ONE_STEP)
-    one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one"), "4"],
-                         env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        accelerate_launch(script, tiny_model_dir, tmp_path / "two", "2"),
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_alone_and_on_two_processes(script, tiny_model_dir, tmp_path, timeout=300)
     single, rank_0 = (json.loads((tmp_path / run / "step-0.json").read_text()) for run in ("one", "two"))
     assert len(set(rank_0["widths"])) == 2, f"the processes' completions should differ in width: {rank_0['widths']}"
     assert single["grad_norm"] > 0
