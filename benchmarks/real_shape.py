@@ -19,6 +19,7 @@ weights, the arithmetic reward. Runs, each in its own process, one after the oth
     llm_rl_grpo_lora  the same with LoRA r=16 on every linear (the reference is the bare base)
     llm_rl_ppo        llm_rl's PPOTrainer with its value head on the policy (2 epochs, 1 mini-batch)
     trl_grpo          TRL 1.16's GRPOTrainer at the same settings (pip install -e ".[bench]")
+    trl_grpo_gc       the same with gradient_checkpointing (TRL's default), beside llm_rl_grpo_gc
 
 Each worker bounds its address space (``RLIMIT_AS``, ``--memory_limit_gb``) so that a run
 which outgrows the machine fails its own allocation and is reported "out of memory"
@@ -56,6 +57,7 @@ RUNS = {  # name: (framework, algorithm, llm_rl config fields)
     "llm_rl_grpo_lora": ("llm_rl", "grpo", {"use_peft": True, "lora_r": 16}),
     "llm_rl_ppo": ("llm_rl", "ppo", {}),
     "trl_grpo": ("trl", "grpo", {}),
+    "trl_grpo_gc": ("trl", "grpo", {"gradient_checkpointing": True}),  # TRL 1.16's default
 }
 # what an allocation failure prints: torch's CPU allocator, Python, C++ (a thread or buffer), CUDA
 OOM_MARKERS = ("can't allocate memory", "MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory",
@@ -202,7 +204,8 @@ def worker(name: str, s: dict, out: str) -> None:
                                          config_overrides=overrides, train_dataset=dataset,
                                          reward_funcs=[math_correctness])  # fmt: skip
             else:
-                meta = vs_trl.run_trl_grpo(r, clock, output_dir, train_dataset=dataset)
+                meta = vs_trl.run_trl_grpo(r, clock, output_dir, train_dataset=dataset,
+                                           gradient_checkpointing=extra.get("gradient_checkpointing", False))
         summary = clock.summary(s["warmup"], s["steps"])
     except (MemoryError, RuntimeError) as error:  # an allocation past RLIMIT_AS (or the GPU) fails here
         if not any(marker in str(error) or marker in type(error).__name__ for marker in OOM_MARKERS):
@@ -275,11 +278,12 @@ def print_report(s: dict, runs: dict) -> None:
             else:
                 cells.append("-" if value is None else fmt.format(value))
         print(f"{label:<42}" + "".join(f"{c:>18}" for c in cells))
-    ours, trl = runs.get("llm_rl_grpo"), runs.get("trl_grpo")
-    if ours and trl and ours["status"] == trl["status"] == "ok":
-        print(f"llm_rl_grpo / trl_grpo: peak above the state {ours['memory_above_state_mb'] / trl['memory_above_state_mb']:.2f}x, "
-              f"whole peak {ours['peak_memory_mb'] / trl['peak_memory_mb']:.2f}x, s/step "
-              f"{ours['step_seconds'] / trl['step_seconds']:.2f}x")  # fmt: skip
+    for ours_name, trl_name in (("llm_rl_grpo", "trl_grpo"), ("llm_rl_grpo_gc", "trl_grpo_gc")):
+        ours, trl = runs.get(ours_name), runs.get(trl_name)
+        if ours and trl and ours["status"] == trl["status"] == "ok":
+            print(f"{ours_name} / {trl_name}: peak above the state "
+                  f"{ours['memory_above_state_mb'] / trl['memory_above_state_mb']:.2f}x, whole peak "
+                  f"{ours['peak_memory_mb'] / trl['peak_memory_mb']:.2f}x, s/step {ours['step_seconds'] / trl['step_seconds']:.2f}x")  # fmt: skip
     print("memory: the process's peak RSS (CUDA: max_memory_allocated) minus its RSS after imports; predicted and state: "
           "llm_rl.memory.predict_memory\n(TRL's state is the same model, reference and AdamW; its prediction is not llm_rl's)")
 
@@ -318,7 +322,7 @@ def main() -> None:
     if args.prompt_length < 16 or (args.max_completion_length is not None and args.max_completion_length < 1):
         parser.error(f"--prompt_length must be >= 16 (an arithmetic problem) and --max_completion_length >= 1, "
                      f"got {args.prompt_length} and {args.max_completion_length}")  # fmt: skip
-    if "trl_grpo" in names:
+    if any(RUNS[n][0] == "trl" for n in names):
         try:
             import trl  # noqa: F401
         except ImportError:

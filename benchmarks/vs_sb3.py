@@ -13,8 +13,8 @@ so that other work on the machine weighs on both alike; both at `--threads` torc
 - pendulum: Pendulum-v1, 100,000 steps, rl-baselines3-zoo's tuned PPO (hyperparams/ppo.yml: n_envs 4,
   n_steps 1024, batch 64, gae_lambda 0.95, gamma 0.9, n_epochs 10, ent_coef 0, lr 1e-3, clip 0.2,
   observations and rewards normalised) without gSDE on both sides, SB3's other defaults (vf_coef 0.5,
-  passed to llm_rl as 1.0 as above); SB3 normalises with VecNormalize, llm_rl with gymnasium's
-  NormalizeObservation / NormalizeReward on each env;
+  passed to llm_rl as 1.0 as above); SB3 normalises with VecNormalize, llm_rl with `llm_rl.control.normalize`
+  (the same: one statistic over the vector env, the final observation normalised too);
 - grpo: llm_rl's GRPO on CartPole-v1 at its defaults, a run of 100,000 and one of 200,000 steps.
 
 Each row: deterministic evaluation return per seed (mean of 20 episodes of a separate env seeded
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm_rl.control import GRPO, PPO, evaluate, make_vec_env  # noqa: E402
+from llm_rl.control import GRPO, PPO, evaluate, make_vec_env, normalize  # noqa: E402
 from llm_rl.control.envs import eval_env_like  # noqa: E402
 
 SOLVED = 475.0
@@ -122,12 +122,7 @@ def pendulum_sb3(seed: int) -> dict:
 
 
 def pendulum_llm_rl(seed: int) -> dict:
-    wrappers = [
-        gym.wrappers.RecordEpisodeStatistics,
-        gym.wrappers.NormalizeObservation,
-        partial(gym.wrappers.NormalizeReward, gamma=PENDULUM["gamma"]),
-    ]
-    env = make_vec_env("Pendulum-v1", 4, wrappers=wrappers)
+    env = normalize(make_vec_env("Pendulum-v1", 4), gamma=PENDULUM["gamma"])
     # SB3's other defaults, with vf_coef 1.0 for SB3's 0.5 (its value loss is the MSE, llm_rl.core's 0.5 * MSE)
     model = PPO("MlpPolicy", env, seed=seed, device="cpu", lr_schedule="constant", vf_coef=1.0, max_grad_norm=0.5, **PENDULUM)
     wall, cpu = timed(lambda: model.learn(total_timesteps=budget(100_000)))

@@ -208,7 +208,8 @@ def run_llm_rl(algo: str, s: dict, clock: StepClock, output_dir: str, shared_val
     return {"framework": "llm_rl", "version": getattr(llm_rl, "__version__", "0.1.0"), "dtype": str(trainer.lm.dtype)}
 
 
-def run_trl_grpo(s: dict, clock: StepClock, output_dir: str, train_dataset=None) -> dict:
+def run_trl_grpo(s: dict, clock: StepClock, output_dir: str, train_dataset=None, gradient_checkpointing: bool = False) -> dict:
+    """TRL's GRPOTrainer at the settings `s`; `gradient_checkpointing` True is TRL 1.16's own default."""
     import trl
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -224,8 +225,8 @@ def run_trl_grpo(s: dict, clock: StepClock, output_dir: str, train_dataset=None)
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch_fused", max_steps=s["total_steps"], beta=s["beta"],
         epsilon=s["epsilon"], loss_type="dapo", scale_rewards="group", num_iterations=s["num_iterations"],
         max_grad_norm=s["max_grad_norm"], bf16=bf16(s), fp16=False, use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        seed=s["seed"], dataloader_num_workers=0,
+        gradient_checkpointing=gradient_checkpointing, report_to="none", save_strategy="no", logging_steps=1,
+        disable_tqdm=True, seed=s["seed"], dataloader_num_workers=0,
     )  # fmt: skip
 
     class StepStart(TrainerCallback):

@@ -22,16 +22,14 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from llm_rl.control import GRPO, PPO, ConfigError, GRPOConfig, PPOConfig, evaluate, make_vec_env
+from llm_rl.control import GRPO, PPO, ConfigError, GRPOConfig, PPOConfig, evaluate, make_vec_env, normalize
 from llm_rl.control.envs import eval_env_like
 
 ALGORITHMS = {"ppo": (PPO, PPOConfig), "grpo": (GRPO, GRPOConfig)}
@@ -70,17 +68,10 @@ def parse(argv: list[str]):
 
 
 def build_env(args: ScriptArguments, config, n_envs: int):
-    """The env id as it is, or n_envs copies wrapped in gymnasium's normalisation."""
+    """The env id as it is, or n_envs copies with observations and rewards normalised (SB3's VecNormalize)."""
     if not args.normalize:
         return args.env
-    # Statistics of the raw rewards first, so logged returns are the environment's own.
-    gamma = getattr(config, "gamma", 0.99)
-    wrappers = [
-        gym.wrappers.RecordEpisodeStatistics,
-        gym.wrappers.NormalizeObservation,
-        partial(gym.wrappers.NormalizeReward, gamma=gamma),
-    ]
-    return make_vec_env(args.env, n_envs, wrappers=wrappers)
+    return normalize(make_vec_env(args.env, n_envs), gamma=getattr(config, "gamma", 0.99))
 
 
 def plot_returns(history: list[tuple[int, float]], path: Path, title: str) -> None:

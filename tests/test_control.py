@@ -153,6 +153,38 @@ def test_rollout_bootstraps_truncation_with_the_final_observation_and_not_termin
     assert term_model.history == [(2, 2.0), (4, 2.0)]  # (timestep, return) of each finished episode
 
 
+def test_normalize_shares_one_statistic_normalises_the_final_observation_and_logs_raw_returns():
+    from llm_rl.control import normalize
+    from llm_rl.control.envs import eval_env_like
+
+    # Corridor obs = [t]; TimeLimit(3) truncates at t = 3, so every third step hands a raw final obs [3] to the wrapper
+    raw = gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(Corridor(), max_episode_steps=3)] * 2,
+                                   autoreset_mode=AutoresetMode.SAME_STEP)  # fmt: skip
+    env = normalize(raw, gamma=0.9)
+    model = PPO("MlpPolicy", env, n_steps=6, batch_size=6, seed=0)
+    from llm_rl.control.buffer import RolloutBuffer
+
+    buffer = RolloutBuffer(6, 2, (1,), (), model.device)
+    model._obs, _ = model.env.reset(seed=0)
+    model._ep_return, model._ep_length = np.zeros(2), np.zeros(2, dtype=np.int64)
+    rollout, _ = model.collect_rollout(buffer)
+
+    obs_norm = env.env  # RecordEpisodeStatistics -> NormalizeObservation -> NormalizeReward
+    assert obs_norm.obs_rms.count == pytest.approx(1e-4 + 2 * 7)  # one statistic over both envs: reset + 6 steps
+    # the final obs [3] is normalised with the statistics of its step (seen at steps 2 and 5), not passed raw
+    assert rollout.truncated[:, 0].tolist() == [False, False, True, False, False, True]
+    value_of_raw_3 = model.policy.value(torch.tensor([[3.0]])).item()
+    assert rollout.final_values[2, 0].item() != pytest.approx(value_of_raw_3, abs=1e-4)
+    assert abs(rollout.obs[:, 0, 0]).max() < 3  # every stored observation is normalised too
+    # rewards are scaled (1 per step becomes 1 / std of the discounted return), logged returns stay raw
+    assert not np.allclose(rollout.rewards.numpy(), 1.0)
+    assert model.history == [(6, 3.0), (6, 3.0), (12, 3.0), (12, 3.0)]
+    # evaluation copies the vector statistics, frozen
+    evaluation = eval_env_like("CartPole-v1", env)
+    assert isinstance(evaluation, gym.wrappers.NormalizeObservation) and not evaluation.update_running_mean
+    np.testing.assert_array_equal(evaluation.obs_rms.mean, obs_norm.obs_rms.mean)
+
+
 # -- predict, save, load ----------------------------------------------------------------------
 
 

@@ -12,9 +12,9 @@ Needs the `control` extra: `pip install -e ".[control]"` (gymnasium).
 """
 
 from llm_rl.control.config import ConfigError, GRPOConfig, PPOConfig
-from llm_rl.control.envs import evaluate, make_vec_env
+from llm_rl.control.envs import evaluate, make_vec_env, normalize
 from llm_rl.control.grpo import GRPO
 from llm_rl.control.policies import MlpPolicy
 from llm_rl.control.ppo import PPO
 
-__all__ = ["GRPO", "PPO", "ConfigError", "GRPOConfig", "MlpPolicy", "PPOConfig", "evaluate", "make_vec_env"]
+__all__ = ["GRPO", "PPO", "ConfigError", "GRPOConfig", "MlpPolicy", "PPOConfig", "evaluate", "make_vec_env", "normalize"]

@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 from gymnasium.spaces import Box, Discrete
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+from gymnasium.wrappers import vector as vector_wrappers
+from gymnasium.wrappers.utils import RunningMeanStd
 
 SUPPORTED_ACTION_SPACES = (Discrete, Box)
 
@@ -85,6 +87,61 @@ def make_vec_env(
     return vec
 
 
+class NormalizeObservation(VectorWrapper):
+    """Observation normalisation over a whole SAME_STEP vector env, `infos["final_obs"]` included.
+
+    One running mean and variance (gymnasium's `RunningMeanStd`) over every sub-environment, updated once
+    per vector step, as Stable-Baselines3's VecNormalize. Under SAME_STEP autoreset the observation an
+    episode ended on is in `infos["final_obs"]`; the truncation bootstrap gives it to the critic, which
+    learnt on normalised observations, so it is normalised with the same statistics, without updating
+    them (VecNormalize does the same). Written here because gymnasium's
+    `gymnasium.wrappers.vector.NormalizeObservation` refuses SAME_STEP envs for that reason: it
+    transforms only the returned observations.
+    """
+
+    def __init__(self, env: VectorEnv, epsilon: float = 1e-8):
+        super().__init__(env)
+        shape = env.single_observation_space.shape
+        self.single_observation_space = Box(-np.inf, np.inf, shape, np.float32)
+        self.observation_space = Box(-np.inf, np.inf, (env.num_envs, *shape), np.float32)
+        self.obs_rms = RunningMeanStd(shape=shape)
+        self.epsilon = epsilon
+        self.update_running_mean = True
+
+    def _normalized(self, observations: np.ndarray) -> np.ndarray:
+        return ((observations - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon)).astype(np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        observations, infos = self.env.reset(seed=seed, options=options)
+        if self.update_running_mean:
+            self.obs_rms.update(observations)
+        return self._normalized(observations), infos
+
+    def step(self, actions):
+        observations, rewards, terminations, truncations, infos = self.env.step(actions)
+        if self.update_running_mean:
+            self.obs_rms.update(observations)
+        if "final_obs" in infos:
+            final = infos["final_obs"].copy()
+            for i in np.flatnonzero(infos["_final_obs"]):
+                final[i] = self._normalized(final[i])
+            infos = {**infos, "final_obs": final}
+        return self._normalized(observations), rewards, terminations, truncations, infos
+
+
+def normalize(env: VectorEnv, gamma: float = 0.99, epsilon: float = 1e-8) -> VectorEnv:
+    """Observation and reward normalisation over a whole vector env (Stable-Baselines3's VecNormalize).
+
+    `RecordEpisodeStatistics` (raw returns, read by the episode log) -> `NormalizeObservation` (above)
+    -> `gymnasium.wrappers.vector.NormalizeReward` (rewards divided by the running standard deviation of
+    the `gamma`-discounted return), all on the vector env: one update per vector step, where the same
+    wrappers on each sub-environment update n_envs statistics one sample at a time.
+    """
+    env = vector_wrappers.RecordEpisodeStatistics(env)
+    env = NormalizeObservation(env, epsilon=epsilon)
+    return vector_wrappers.NormalizeReward(env, gamma=gamma, epsilon=epsilon)
+
+
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     """Refuse what MlpPolicy cannot handle, naming the space: observations must be a flat Box, actions Discrete or Box."""
     if not isinstance(observation_space, Box) or len(observation_space.shape) != 1:
@@ -114,20 +171,31 @@ def episode_returns(infos: dict, done: np.ndarray, running: np.ndarray) -> np.nd
     A `gymnasium.wrappers.RecordEpisodeStatistics` inside the env (below reward normalisation) wins,
     so logged returns are the environment's own; otherwise `running`, the sum of the rewards seen.
     """
+    if "episode" in infos:  # gymnasium.wrappers.vector.RecordEpisodeStatistics
+        return np.where(infos["_episode"], infos["episode"]["r"], running)[done]
     final_info = infos.get("final_info", {})
-    if "episode" in final_info:
+    if "episode" in final_info:  # gymnasium.wrappers.RecordEpisodeStatistics on each sub-environment
         recorded = final_info["_episode"]
         return np.where(recorded, final_info["episode"]["r"], running)[done]
     return running[done]
 
 
 def eval_env_like(env_id: str, train_env: VectorEnv | None = None) -> gym.Env:
-    """`gym.make(env_id)`, with the observation normalisation of `train_env`'s first env copied and frozen.
+    """`gym.make(env_id)`, with the observation normalisation of `train_env` copied and frozen: the
+    vector env's own (`normalize`), else its first sub-environment's.
 
     Rewards are left raw, so evaluation returns are the environment's own.
     """
     env = gym.make(env_id)
-    source = train_env.envs[0] if isinstance(train_env, SyncVectorEnv) else None
+    source = train_env
+    while isinstance(source, VectorWrapper):
+        if isinstance(source, NormalizeObservation):
+            env = gym.wrappers.NormalizeObservation(env, epsilon=source.epsilon)
+            env.obs_rms = copy.deepcopy(source.obs_rms)
+            env.update_running_mean = False
+            return env
+        source = source.env
+    source = source.envs[0] if isinstance(source, SyncVectorEnv) else None
     while isinstance(source, gym.Wrapper):
         if isinstance(source, gym.wrappers.NormalizeObservation):
             env = gym.wrappers.NormalizeObservation(env, epsilon=source.epsilon)
