@@ -144,7 +144,7 @@ class StepShape:
     device: Literal["cpu", "cuda"] = "cpu"
     mixed_precision: bool = False  # accelerate's bf16 autocast (the trainers' default on CUDA with bf16)
     # RLConfig.logprob_chunk_size: positions per chunk of the fused LM-head log-probs; 0: the model's full logits
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = 256
 
     @classmethod
     def from_config(cls, args, prompt_length: int, value_model: str = "shared", device: str = "cuda",

@@ -121,7 +121,7 @@ def chunked_lm_head_logprobs(
     ids: torch.Tensor,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
-    tokens_per_chunk: int = 1024,
+    tokens_per_chunk: int = 256,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of ``ids`` under the LM head, holding at most ``tokens_per_chunk x V`` logits at a time.

@@ -34,7 +34,7 @@ def completion_logprobs(
     output_hidden_states: bool = False,
     entropy_grad: bool = False,
     group_size: int = 1,
-    tokens_per_chunk: int = 1024,
+    tokens_per_chunk: int = 256,
 ):
     """Log-probs `(B, C)` of the last ``C = completion_length`` tokens of ``input_ids`` `(B, P + C)`.
 

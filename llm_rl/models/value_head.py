@@ -38,7 +38,7 @@ class PolicyWithValue(nn.Module):
         self._no_split_modules = sorted({name for names in blocks for name in names})
 
     def forward(self, input_ids, attention_mask, completion_length: int, temperature: float = 1.0,
-                entropy_grad: bool = False, tokens_per_chunk: int = 1024):  # fmt: skip
+                entropy_grad: bool = False, tokens_per_chunk: int = 256):  # fmt: skip
         # log-probs straight from the LM head's input, which is also the value head's (completion_logprobs)
         logprobs, entropy, hidden = completion_logprobs(
             self.policy, input_ids, attention_mask, completion_length, temperature,
