@@ -19,29 +19,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _warm_model_built_by_the_controller = False
 
 
-@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadgroup` (pyproject.toml) as xdist documents it: a file that marks itself
-    `pytest.mark.xdist_group(...)` runs on one worker, so its module-scoped fixtures are built once;
-    every other test is scheduled on its own. xdist 3.8 groups by appending "@group" to
-    `item._nodeid`, which pytest 9 no longer reads (`nodeid` comes from `_id`), so its loadgroup
-    silently sends each test of a group anywhere (measured: test_cli_errors' 30-second fixture
-    built on both workers). This scheduler groups by file instead, for the files that carry the mark."""
-    if config.getvalue("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    tests = Path(__file__).resolve().parent
-    grouped = {f"{tests.name}/{path.name}" for path in tests.glob("test_*.py") if "pytest.mark.xdist_group(" in path.read_text()}
-
-    class GroupedFilesTogether(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return path if path in grouped else nodeid
-
-    return GroupedFilesTogether(config, log)
-
-
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is never called
 def pytest_xdist_node_collection_finished(node, ids):
     """pytest -n N, in the controller, before any test is sent out: when a collected file needs the warm tiny
