@@ -186,25 +186,30 @@ def eval_env_like(env_id: str, train_env: VectorEnv | None = None) -> gym.Env:
 
     Rewards are left raw, so evaluation returns are the environment's own.
     """
+    source = _observation_normalizer(train_env)
     env = gym.make(env_id)
+    if source is None:
+        return env
+    env = gym.wrappers.NormalizeObservation(env, epsilon=source.epsilon)
+    env.obs_rms = copy.deepcopy(source.obs_rms)
+    env.update_running_mean = False
+    return env
+
+
+def _observation_normalizer(train_env: VectorEnv | None):
+    """The wrapper that holds `train_env`'s observation statistics: `normalize`'s, else the first
+    sub-environment's `gymnasium.wrappers.NormalizeObservation`; None when there is neither."""
     source = train_env
     while isinstance(source, VectorWrapper):
         if isinstance(source, NormalizeObservation):
-            env = gym.wrappers.NormalizeObservation(env, epsilon=source.epsilon)
-            env.obs_rms = copy.deepcopy(source.obs_rms)
-            env.update_running_mean = False
-            return env
+            return source
         source = source.env
     source = source.envs[0] if isinstance(source, SyncVectorEnv) else None
     while isinstance(source, gym.Wrapper):
         if isinstance(source, gym.wrappers.NormalizeObservation):
-            env = gym.wrappers.NormalizeObservation(env, epsilon=source.epsilon)
-            env.obs_rms = copy.deepcopy(source.obs_rms)
-            env.update_running_mean = False
-            break
+            return source
         source = source.env
-    return env
-
+    return None
 
 def evaluate(model, env: str | gym.Env, n_episodes: int = 20, seed: int = 10_000, deterministic: bool = True) -> list[float]:
     """Return of each of `n_episodes` episodes of `model.predict` on `env` (an id or a gym.Env), seeded from `seed`."""
