@@ -4,7 +4,7 @@
     python benchmarks/vs_sb3.py --seeds 10 --json outputs/vs_sb3.json
     python benchmarks/vs_sb3.py --seeds 3 --only cartpole
 
-Rows, for seeds 0..N-1, the libraries interleaved seed by seed (and which goes first alternates)
+Rows, for seeds 0..N-1 (or from --first_seed), the libraries interleaved seed by seed (and which goes first alternates)
 so that other work on the machine weighs on both alike; both at `--threads` torch threads:
 - cartpole: CartPole-v1, 50,000 steps, each library at its own defaults (the five lines of the
   README, `PPO("MlpPolicy", gym.make("CartPole-v1"))`), then llm_rl at SB3's hyperparameters
@@ -178,10 +178,10 @@ def summarize(name: str, runs: list[dict]) -> dict:
 HEADER = "| run | deterministic return per seed | mean | seeds >= 475 | learn() wall s | CPU s | env steps / s |\n|---|---|---|---|---|---|---|"
 
 
-def run_interleaved(tasks: dict, seeds: int, save=lambda results: None) -> dict[str, list[dict]]:
-    """Every task for seed 0, then every task for seed 1, ...; the order of the tasks alternates."""
+def run_interleaved(tasks: dict, seeds: range, save=lambda results: None) -> dict[str, list[dict]]:
+    """Every task for the first seed, then every task for the next, ...; the order of the tasks alternates."""
     results: dict[str, list[dict]] = {name: [] for name in tasks}
-    for seed in range(seeds):
+    for seed in seeds:
         order = list(tasks) if seed % 2 == 0 else list(tasks)[::-1]
         for name in order:
             result = tasks[name](seed)
@@ -198,8 +198,9 @@ def run_interleaved(tasks: dict, seeds: int, save=lambda results: None) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--seeds", type=int, default=10, help="seeds 0..N-1 (the issue: 10 for CartPole, 5 for Pendulum, 10 for GRPO)"
+        "--seeds", type=int, default=10, help="how many seeds, from --first_seed (the issue: 10 for CartPole, 5 for Pendulum, 10 for GRPO)"
     )
+    parser.add_argument("--first_seed", type=int, default=0, help="start the seeds here (more seeds after an earlier run)")
     parser.add_argument("--only", choices=["cartpole", "pendulum", "grpo"], action="append", help="run only these (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both libraries")
     parser.add_argument("--json", type=str, default=None, help="write every run and the summaries here (after every run)")
@@ -212,12 +213,13 @@ def main() -> None:
     only = args.only or ["cartpole", "pendulum", "grpo"]
     import stable_baselines3
 
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     print(
         f"llm_rl vs Stable-Baselines3 {stable_baselines3.__version__}, torch {torch.__version__}, "
-        f"gymnasium {gym.__version__}, {args.threads} thread(s), seeds 0..{args.seeds - 1}",
+        f"gymnasium {gym.__version__}, {args.threads} thread(s), seeds {seeds.start}..{seeds.stop - 1}",
         flush=True,
     )
-    report: dict = {"threads": args.threads, "seeds": args.seeds, "sb3": stable_baselines3.__version__, "runs": {}, "summary": []}
+    report: dict = {"threads": args.threads, "seeds": list(seeds), "sb3": stable_baselines3.__version__, "runs": {}, "summary": []}
 
     def save(partial_runs: dict | None = None) -> None:
         if args.json:
@@ -231,7 +233,7 @@ def main() -> None:
                 "CartPole, llm_rl at its defaults": cartpole_llm_rl,
                 "CartPole, llm_rl at SB3's hyperparameters": partial(cartpole_llm_rl, **SB3_DEFAULTS_FOR_LLM_RL),
             },
-            args.seeds,
+            seeds,
             save,
         )
         report["runs"].update(runs)
@@ -240,14 +242,14 @@ def main() -> None:
     if "pendulum" in only:
         runs = run_interleaved(
             {"Pendulum, SB3 (zoo settings, no gSDE)": pendulum_sb3, "Pendulum, llm_rl (same settings)": pendulum_llm_rl},
-            args.seeds,
+            seeds,
             save,
         )
         report["runs"].update(runs)
         print(HEADER)
         report["summary"] += [summarize(name, r) for name, r in runs.items()]
     if "grpo" in only:
-        runs = run_interleaved({"GRPO": grpo_llm_rl}, args.seeds, save)["GRPO"]
+        runs = run_interleaved({"GRPO": grpo_llm_rl}, seeds, save)["GRPO"]
         report["runs"]["GRPO"] = runs
         print(HEADER)
         for steps in (100_000, 200_000):

@@ -145,6 +145,10 @@ class StepShape:
     mixed_precision: bool = False  # accelerate's bf16 autocast (the trainers' default on CUDA with bf16)
     # RLConfig.logprob_chunk_size: positions per chunk of the fused LM-head log-probs; 0: the model's full logits
     logprob_chunk_size: int = 256
+    memory_efficient_swiglu: bool = True  # RLConfig's: the MLP keeps gate and up, not silu(gate) (models.swiglu)
+    # RLConfig's: the input embedding's gradient comes sparse, into the dense one in place (models.embedding;
+    # the trainers do it on one process only)
+    sparse_embedding_grad: bool = True
 
     @classmethod
     def from_config(cls, args, prompt_length: int, value_model: str = "shared", device: str = "cuda",
@@ -171,6 +175,8 @@ class StepShape:
             # the trainers' rule: bf16 autocast when asked, or by default on CUDA (assumed to support bf16)
             mixed_precision=bool(args.bf16) if args.bf16 is not None else device == "cuda",
             logprob_chunk_size=args.logprob_chunk_size,
+            memory_efficient_swiglu=args.memory_efficient_swiglu,
+            sparse_embedding_grad=args.sparse_embedding_grad,
         )
 
     @property
@@ -223,7 +229,8 @@ WEIGHT_COMPONENTS = ("policy_weights", "lora_adapter", "reference_weights", "cri
 
 # ---------------------------------------------------------------------------------- activations
 def layer_saved_bytes(m: ModelShape, rows: int, seq_len: int, compute: int, lora: tuple[list[str], int] | None,
-                      autocast: bool = False, kv_len: int | None = None) -> int:  # fmt: skip
+                      autocast: bool = False, kv_len: int | None = None,
+                      memory_efficient_swiglu: bool = True) -> int:  # fmt: skip
     """Bytes one decoder layer saves for backward over ``rows x seq_len`` tokens.
 
     Keys and values (and the mask's columns) span ``kv_len`` positions: ``seq_len``, or more
@@ -236,11 +243,13 @@ def layer_saved_bytes(m: ModelShape, rows: int, seq_len: int, compute: int, lora
     - SDPA: q, k, v (k and v repeated to every query head when there are several KV heads),
       its output (= o_proj's input: ``transpose().contiguous()`` is a no-op on that layout),
       log-sum-exp, and a float copy of the (T, T) padding mask per layer;
-    - MLP: gate, silu(gate), up, and their product (down_proj's input).
+    - MLP: gate, silu(gate) (not with ``memory_efficient_swiglu``: recomputed in backward), up, and
+      their product (down_proj's input).
     Under ``autocast`` (accelerate's bf16) with fp32 weights each linear saves its own bf16
     copy of its input. With LoRA on 16-bit weights, peft casts each adapter's input to the
     adapters' fp32 (autocast casts it back to bf16): one copy per adapted linear.
-    Full fine-tuning with compute = 4: ``10 H + 4 I + heads + T`` floats + 2 rsqrt per token.
+    Full fine-tuning with compute = 4: ``10 H + 3 I + heads + T`` floats + 2 rsqrt per token (``4 I`` without
+    ``memory_efficient_swiglu``).
     """
     H, I, nh = m.hidden_size, m.intermediate_size, m.num_heads
     attn = nh * m.head_dim
@@ -252,7 +261,7 @@ def layer_saved_bytes(m: ModelShape, rows: int, seq_len: int, compute: int, lora
     per_token = (
         2 * H * FP32 + 2 * FP32  # both norms: fp32 input and rsqrt
         + 2 * attn * compute + nh * FP32 + kv_len * compute  # q, out; log-sum-exp; mask row
-        + 3 * I * compute  # gate, silu(gate), up
+        + (2 if memory_efficient_swiglu else 3) * I * compute  # gate, up (and silu(gate))
     )  # fmt: skip
     keys_values = rows * kv_len * 2 * kv * compute
     if lora is None:
@@ -297,7 +306,8 @@ def training_forward_saved_bytes(m: ModelShape, step: StepShape, rows: int, logi
         passes = [(prefix_rows, prefix_len, prefix_len), (rows, query_len, T)]  # (rows, query positions, key positions)
     else:
         passes = [(rows, T, T)]
-    layers = sum(L * layer_saved_bytes(m, r, q, compute, lora, step.mixed_precision, k) for r, q, k in passes)
+    layers = sum(L * layer_saved_bytes(m, r, q, compute, lora, step.mixed_precision, k, step.memory_efficient_swiglu)
+                 for r, q, k in passes)  # fmt: skip
     tokens = sum(r * q for r, q, _ in passes)
     if lora:  # no gradient reaches the frozen embedding, so the first norm saves nothing
         layers -= tokens * (H * FP32 + FP32)
@@ -351,7 +361,7 @@ def value_saved_bytes(m: ModelShape, step: StepShape, value_model: str) -> int:
 
 
 def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int, head_grad: int,
-                      logits_bytes: int, optimizer_temp: int, forward_cache: int = 0) -> int:  # fmt: skip
+                      logits_bytes: int, end_of_backward: int, forward_cache: int = 0) -> int:  # fmt: skip
     """Peak of one micro-batch's forward + backward + optimizer step, above weights and optimizer state.
 
     Going down the layers, saved activations are freed as gradients appear, so the peak is
@@ -361,7 +371,9 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
     - start of backward: the logits' gradient (about two (B, C+1, V) buffers) and the LM
       head's weight gradient, or, in the top layer's MLP, the gradients of the product,
       silu and up (3 (B, T, I), while the product's own saved copy is already freed);
-    - end of backward: every gradient, then AdamW's temporaries.
+    - end of backward: every gradient, and ``end_of_backward``: the embedding's dense gradient
+      while the tied head's is held (without ``sparse_embedding_grad``). The fused AdamW step
+      (the trainers' optimizer, unless FSDP or DeepSpeed shard it) adds nothing.
     With gradient accumulation every micro-batch after the first also finds all gradients held.
     """
     rows, T, C, V = step.update_rows, step.seq_len, step.completion_length, m.vocab_size
@@ -376,7 +388,7 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
     top_tokens = rows * (C + 1 if forward_cache else T)  # the top layer's positions in the last forward
     mlp_grad = top_tokens * (2 * m.intermediate_size + m.hidden_size) * compute + head_grad
     held = gradients if step.gradient_accumulation_steps > 1 else 0
-    return max(saved + max(entropy + forward_cache, logits_grad, mlp_grad) + held, gradients + optimizer_temp)
+    return max(saved + max(entropy + forward_cache, logits_grad, mlp_grad) + held, gradients + end_of_backward)
 
 
 def fused_head_bytes(m: ModelShape, step: StepShape, positions: int, backward: bool = False) -> int:
@@ -495,11 +507,12 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     c["activations"] = saved["layers"] + saved["other"] + value_saved_bytes(m, step, value_model)
     c["logits"] = saved["logits"]
     head_grad = 0 if step.use_peft else V * H * wb
-    largest = max([V * H] + [i * o for i, o in m.linears().values()]) * wb
-    optimizer_temp = c["gradients"] if step.device == "cuda" else 2 * largest  # foreach on CUDA, per tensor on CPU
+    # the embedding's backward builds a dense (V, H) gradient, added to the tied head's (already held)
+    dense_embedding = m.tie_word_embeddings and not step.use_peft and not step.sparse_embedding_grad
+    embedding_grad = V * H * wb if dense_embedding else 0
     cache = kv_cache_bytes(m, step.update_rows, T, compute) if shares_prefix(step, group) else 0
     update = update_peak_bytes(m, step, c["activations"] + c["logits"], c["gradients"], head_grad, logits_bytes,
-                               optimizer_temp, cache)  # fmt: skip
+                               embedding_grad, cache)  # fmt: skip
 
     # --- the rollout: prefill once per prompt, then the cache repeated G times and grown a token a step
     prompts = step.prompts * step.gradient_accumulation_steps

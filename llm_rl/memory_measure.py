@@ -120,6 +120,7 @@ class TensorMeter:
         self.peak, self.largest, self._live = 0, 0, {}
 
     def __enter__(self) -> TensorMeter:
+        import torch
         from torch.multiprocessing.reductions import StorageWeakRef
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten
@@ -130,7 +131,7 @@ class TensorMeter:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 for t in tree_flatten(out)[0]:
-                    if hasattr(t, "untyped_storage"):
+                    if hasattr(t, "untyped_storage") and t.layout == torch.strided:  # a sparse tensor's parts are counted
                         storage = t.untyped_storage()
                         if storage._cdata not in meter._live:
                             meter._live[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())

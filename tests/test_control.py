@@ -332,3 +332,17 @@ def test_progress_bar_and_control_imports_only_core(capsys):
             for name in names:
                 if name.startswith("llm_rl") or name.startswith("reward_models"):
                     assert name.startswith(("llm_rl.core", "llm_rl.control")), f"{path.name} imports {name}"
+
+
+def test_control_and_core_load_without_the_language_model_trainers():
+    """``import llm_rl.control`` (and ``llm_rl.core``) brings no trainer, accelerate, peft or datasets: control
+    imports the core only, and the package loads its trainers on first use (about 8 s of imports saved)."""
+    import subprocess
+    import sys
+
+    heavy = ("llm_rl.trainers", "accelerate", "peft", "datasets")
+    code = (f"import sys, llm_rl.control, llm_rl.core; print([m for m in {heavy!r} if m in sys.modules]); "
+            "from llm_rl import GRPOConfig; print('llm_rl.trainers' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["[]", "True"]

@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 
 TRAIN = '''
-import sys
+import os, sys
+if os.environ.get("LLM_RL_TEST_ENGINE", "").startswith("zero"):
+    # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce (a C++ extension, about 50 s on a fresh
+    # machine) on its first launch; plain gloo does the same reduction, and GPU runs never build it
+    import importlib  # not deepspeed.comm.torch: deepspeed.comm's own `torch` attribute is the torch package
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 from llm_rl import GRPOConfig, GRPOTrainer, PPOConfig, PPOTrainer
 from llm_rl.data import arithmetic_dataset
 
@@ -124,7 +129,8 @@ def _launch(tmp_path, config: str | None, run: str, *args: str) -> Path:
     # the GPU configs say 8 processes and bf16
     command = [sys.executable, *map(str, script_and_args)] if config is None else \
         accelerate_launch(*script_and_args, config=config, num_processes=2, mixed_precision="no")
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, env={**ENV, "LLM_RL_TEST_ENGINE": config or ""}, capture_output=True, text=True,
+                            timeout=400)
     assert result.returncode == 0, result.stderr[-12000:]
     return out
 

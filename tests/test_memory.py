@@ -39,33 +39,37 @@ def test_small_config_by_hand():
     assert c["kv_cache"] == 2 * 1 * 4 * 1 * 2 * 4 * 4 == 256
     # The update runs each prompt's first 2 tokens once (2 rows x 2), then 4 rows x 3 tokens (the last prompt
     # token and the completion) that attend to 5 positions. Per token of the layer, in bytes: norm inputs and
-    # rsqrt 2*(4*4 + 4) = 40; q and the attention output 2*4*4 = 32, log-sum-exp 2*4 = 8; gate, silu, up
-    # 3*8*4 = 96; x_hat 2*4*4 = 32; norm outputs 2*4*4 and the product 8*4: 64 -> 272, + a mask row of 4 per
-    # key position; + keys and values 2 * 2 dims * 4 bytes = 16 per row and key position (one KV head: no copies).
-    prefix = 4 * (272 + 2 * 4) + 2 * 2 * 16  # 1184
-    rest = 12 * (272 + 5 * 4) + 4 * 5 * 16  # 3824
+    # rsqrt 2*(4*4 + 4) = 40; q and the attention output 2*4*4 = 32, log-sum-exp 2*4 = 8; gate and up 2*8*4 = 64
+    # (the memory-efficient SwiGLU recomputes silu(gate)); x_hat 2*4*4 = 32; norm outputs 2*4*4 and the product
+    # 8*4: 64 -> 240, + a mask row of 4 per key position; + keys and values 2 * 2 dims * 4 bytes = 16 per row and
+    # key position (one KV head: no copies).
+    prefix = 4 * (240 + 2 * 4) + 2 * 2 * 16  # 1056
+    rest = 12 * (240 + 5 * 4) + 4 * 5 * 16  # 3440
     # + RoPE 16 tokens*2*2*4 = 256, final norm input + rsqrt 16*(16+4) = 320, its x_hat 12*16 = 192,
     #   LM head input 4 rows*3*16 = 192, token ids 4*5*8 = 160, log-sum-exp 4*2*4 = 32: 1152
-    assert c["activations"] == prefix + rest + 1152 == 6160
+    assert c["activations"] == prefix + rest + 1152 == 5648
+    # without the memory-efficient SwiGLU each of the 16 tokens also keeps silu(gate), 8*4 bytes
+    plain_mlp = predict_memory(SMALL, replace(step, memory_efficient_swiglu=False))
+    assert plain_mlp.components["activations"] == 5648 + 16 * 32
     assert c["logits"] == 4 * 3 * 10 * 4 == 480  # (B, C+1, V) fp32
-    # update peak: saved 6640 + the largest transient, at the end of the forward: the entropy's copy of the
+    # update peak: saved 6128 + the largest transient, at the end of the forward: the entropy's copy of the
     # logits 4*2*10*4 = 320 and two 8-row softmax chunks 2*8*10*4 = 640, while the forward's KV cache, 4 rows x
     # 5 positions = 320, is still held (more than the logits' gradient 960 + 160 or the top MLP's 12*(16+4)*4 + 160);
-    # the other end, all gradients + AdamW temporaries (2 x the largest tensor, 160), is 1136
-    assert estimate.phases["update"] == 6640 + 320 + 640 + 320 == 7920
-    assert estimate.total == 816 * 2 + 1632 + 7920 == 11184  # weights + optimizer + the update, the largest phase
+    # the other end, all gradients, is 816 (fused AdamW keeps no temporaries; the embedding's gradient comes sparse)
+    assert estimate.phases["update"] == 6128 + 320 + 640 + 320 == 7408
+    assert estimate.total == 816 * 2 + 1632 + 7408 == 10672  # weights + optimizer + the update, the largest phase
 
     # The fused head (chunked_lm_head_logprobs, 1024 positions per chunk: all 8 here): no logits and no LM-head
     # input are saved (-480, -192); instead a copy of the head's input 4 rows*2*16 = 128, the targets 8*8 = 64 and
     # the entropy per token 8*4 = 32 (+224).
     fused = predict_memory(SMALL, replace(step, logprob_chunk_size=1024))
     assert fused.components["logits"] == 0
-    assert fused.components["activations"] == c["activations"] - 192 + 224 == 6192
+    assert fused.components["activations"] == c["activations"] - 192 + 224 == 5680
     # update peak: the top layer's MLP gradients, 12*(16+4)*4 + 160 = 1120, are now the largest transient: one
     # chunk's log-softmax-then-gradient and softmax, 2 x 8*10*4 = 640 (+ the head's weight gradient 160) = 800 at
     # the start of backward; at the end of the forward its logits and softmax 640 + the cache 320 = 960
-    assert fused.phases["update"] == 6192 + 1120 == 7312
-    assert fused.total == 816 * 2 + 1632 + 7312
+    assert fused.phases["update"] == 5680 + 1120 == 6800
+    assert fused.total == 816 * 2 + 1632 + 6800
 
 
 def test_one_fewer_model_without_critic_and_g_scales_the_rollout():
@@ -131,18 +135,20 @@ def _saved_bytes(module, forward) -> int:
 
 
 @pytest.mark.parametrize(
-    "dtype, lora, value_model, autocast, chunk",
-    [("float32", None, None, False, 1024), ("bfloat16", None, None, False, 1024), ("float32", "all-linear", None, False, 1024),
-     ("bfloat16", "all-linear", None, False, 1024), ("float32", "q_proj,v_proj", None, False, 1024),
-     ("float32", None, "shared", False, 1024), ("float32", None, "separate", False, 1024),
-     ("bfloat16", None, "shared", False, 1024), ("bfloat16", None, None, True, 1024),
-     ("bfloat16", "all-linear", None, True, 1024), ("float32", None, None, True, 1024),
-     ("float32", "all-linear", None, True, 1024),
+    "dtype, lora, value_model, autocast, chunk, swiglu",
+    [("float32", None, None, False, 1024, True), ("bfloat16", None, None, False, 1024, True), ("float32", "all-linear", None, False, 1024, True),
+     ("bfloat16", "all-linear", None, False, 1024, True), ("float32", "q_proj,v_proj", None, False, 1024, True),
+     ("float32", None, "shared", False, 1024, True), ("float32", None, "separate", False, 1024, True),
+     ("bfloat16", None, "shared", False, 1024, True), ("bfloat16", None, None, True, 1024, True),
+     ("bfloat16", "all-linear", None, True, 1024, True), ("float32", None, None, True, 1024, True),
+     ("float32", "all-linear", None, True, 1024, True),
      # logprob_chunk_size=0: the model's full logits
-     ("float32", None, None, False, 0), ("bfloat16", "all-linear", None, True, 0), ("float32", None, "shared", False, 0),
-     ("float32", None, None, True, 0)],
+     ("float32", None, None, False, 0, True), ("bfloat16", "all-linear", None, True, 0, True), ("float32", None, "shared", False, 0, True),
+     ("float32", None, None, True, 0, True),
+     # transformers' own MLP, which also keeps silu(gate)
+     ("float32", None, None, False, 1024, False), ("bfloat16", "all-linear", None, True, 1024, False)],
 )  # fmt: skip
-def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_model, autocast, chunk):
+def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_model, autocast, chunk, swiglu):
     """The update's saved activations, tensor by tensor, as autograd holds them (GQA with 2 KV heads).
 
     ``autocast``: the forward wrapped as accelerate wraps it for bf16 mixed precision (CUDA's
@@ -153,12 +159,15 @@ def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_mod
     from transformers import Qwen2ForCausalLM, Qwen2Model
 
     from llm_rl.models.forward import completion_logprobs
+    from llm_rl.models.swiglu import use_memory_efficient_swiglu
     from llm_rl.models.tiny import tiny_config
     from llm_rl.models.value_head import PolicyWithValue
 
     torch.manual_seed(0)
     config = tiny_config(tiny_tokenizer, hidden_size=128, num_layers=2)  # 4 query heads, 2 KV heads
     policy = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
+    if swiglu:  # as the trainers load it (RLConfig.memory_efficient_swiglu)
+        use_memory_efficient_swiglu(policy)
     if lora:
         policy = get_peft_model(policy, LoraConfig(r=4, target_modules=lora if lora == "all-linear" else lora.split(","),
                                                    task_type="CAUSAL_LM"))  # fmt: skip
@@ -176,6 +185,8 @@ def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_mod
     mask[:G, :3] = 0  # left padding, so SDPA gets a mask as in a rollout
     if value_model:  # PPO: one forward of every row
         critic = Qwen2Model(config).to(getattr(torch, dtype)) if value_model == "separate" else None  # a backbone
+        if critic is not None and swiglu:
+            use_memory_efficient_swiglu(critic)
         module = PolicyWithValue(policy, critic)
         measured = _saved_bytes(module, lambda: module(ids, mask, C, tokens_per_chunk=chunk))
     else:  # GRPO: each prompt once for its group, then the completions on its cached keys and values
@@ -185,7 +196,7 @@ def test_saved_activations_match_autograd(tiny_tokenizer, dtype, lora, value_mod
     shape = replace(ModelShape.from_config(config), dtype=dtype)
     step = StepShape("ppo" if value_model else "grpo", prompts, G, P, C, use_peft=bool(lora), lora_r=4,
                      lora_target_modules=lora or "all-linear", value_model=value_model or "none", mixed_precision=autocast,
-                     logprob_chunk_size=chunk)  # fmt: skip
+                     logprob_chunk_size=chunk, memory_efficient_swiglu=swiglu)  # fmt: skip
     group_size = 1 if value_model else G
     saved = training_forward_saved_bytes(shape, step, prompts * G, 4 if autocast else shape.weight_bytes, group_size)
     predicted = sum(saved.values()) + value_saved_bytes(shape, step, step.value_model)

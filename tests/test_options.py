@@ -78,6 +78,27 @@ def test_gradient_checkpointing_is_active_in_the_update(name, tiny_model_dir, tm
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_lean_swiglu_and_sparse_embedding_gradient_keep_the_first_update(name, tiny_model_dir, tmp_path):
+    """On by default (one process): the MLPs keep gate and up only, the embedding's gradient comes sparse;
+    the update's gradients are those of transformers' own modules, and less is saved for backward."""
+    from llm_rl.models.swiglu import is_standard_swiglu
+
+    lean = _trainer(name, tiny_model_dir, tmp_path / "lean")
+    plain = _trainer(name, tiny_model_dir, tmp_path / "plain", memory_efficient_swiglu=False, sparse_embedding_grad=False)
+    assert lean.lm.get_input_embeddings().sparse and not plain.lm.get_input_embeddings().sparse
+    mlps = [m for m in lean.lm.modules() if is_standard_swiglu(m)]
+    assert mlps and all("forward" in vars(m) for m in mlps)  # switched per instance
+    assert not any("forward" in vars(m) for m in plain.lm.modules() if is_standard_swiglu(m))
+    expected, got = gradients_of_first_update(plain), gradients_of_first_update(lean)
+    assert expected.keys() == got.keys()
+    for n in expected:
+        assert got[n].layout == torch.strided and torch.allclose(expected[n], got[n], rtol=1e-5, atol=1e-7), n
+    lean_saved = _bytes_saved_for_backward(_trainer(name, tiny_model_dir, tmp_path / "lean2"))
+    plain_saved = _bytes_saved_for_backward(_trainer(name, tiny_model_dir, tmp_path / "plain2", memory_efficient_swiglu=False))
+    assert lean_saved < plain_saved
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
 def test_lora_with_gradient_checkpointing_trains_only_the_adapter(name, tiny_model_dir, tmp_path):
     trainer = _trainer(name, tiny_model_dir, tmp_path, use_peft=True, lora_r=4, lora_target_modules="q_proj,v_proj",
                        gradient_checkpointing=True)

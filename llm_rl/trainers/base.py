@@ -25,7 +25,9 @@ from transformers import get_scheduler
 
 from llm_rl.data.prompts import is_chat, load_prompts, render_prompt
 from llm_rl.models.forward import completion_logprobs
+from llm_rl.models.embedding import use_sparse_embedding_gradient
 from llm_rl.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, use_eos_for_padding
+from llm_rl.models.swiglu import use_memory_efficient_swiglu
 from llm_rl.trainers import checkpoint, distributed, trackers
 from llm_rl.trainers.config import ConfigError, RLConfig
 from llm_rl.trainers.logging import MetricsLogger, plot_reward_curve
@@ -49,7 +51,7 @@ def _lora_config(args: RLConfig):
 
 
 def ready_for_training(model, args: RLConfig):
-    """Train mode, dropout off (optional), gradient checkpointing (optional); returns ``model``.
+    """Train mode, dropout off, the memory-efficient SwiGLU, gradient checkpointing (each optional); returns ``model``.
 
     from_pretrained returns eval mode, where transformers skips gradient checkpointing;
     dropout goes instead (as in TRL), so train-mode log-probs match the sampler's.
@@ -59,6 +61,8 @@ def ready_for_training(model, args: RLConfig):
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+    if args.memory_efficient_swiglu:
+        use_memory_efficient_swiglu(model)
     if args.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.24's name
         if enable is not None:
@@ -142,6 +146,8 @@ class BaseRLTrainer:
         self.reference = None
         if self.needs_reference and not self.is_peft:
             self.reference = distributed.reference_model(self.accelerator, policy, path, args.trust_remote_code, args.model_dtype)
+        if args.sparse_embedding_grad and self.accelerator.num_processes == 1 and not distributed.is_sharded(self.accelerator):
+            use_sparse_embedding_gradient(policy)
 
         # --- rewards ---
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]

@@ -102,6 +102,19 @@ class RLConfig:
     # --- model ---
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub (off: only built-in architectures)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
+    sparse_embedding_grad: bool = field(
+        default=True,
+        metadata={"help": "On one process, the input embedding's backward returns only the used rows, added into the "
+                          "dense gradient in place (llm_rl.models.embedding): the end of backward then holds no second "
+                          "(vocabulary, hidden) gradient beside the tied LM head's (545 MB at Qwen2.5-0.5B's shape). DDP, "
+                          "FSDP and DeepSpeed keep the dense gradient."},
+    )
+    memory_efficient_swiglu: bool = field(
+        default=True,
+        metadata={"help": "SwiGLU MLPs (Llama, Qwen2, Qwen3, Mistral) keep gate and up for backward and recompute "
+                          "silu(gate) there (llm_rl.models.swiglu): one (tokens, intermediate) tensor less per layer, "
+                          "bitwise the same values and gradients. Other MLPs are left as they are."},
+    )
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability to 0, so the update's log-probs match the sampler's (as TRL does)."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on for CUDA with bf16 support, off on CPU)."})
     model_dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
