@@ -59,9 +59,11 @@ RUNS = {  # name: (framework, algorithm, llm_rl config fields)
     "trl_grpo": ("trl", "grpo", {}),
     "trl_grpo_gc": ("trl", "grpo", {"gradient_checkpointing": True}),  # TRL 1.16's default
 }
-# what an allocation failure prints: torch's CPU allocator, Python, C++ (a thread or buffer), CUDA
+# what an allocation failure prints: torch's CPU allocator, Python, C++ (a thread or buffer), CUDA; then the
+# tokenizer's regex engine (Oniguruma) and Rust's allocator ("memory allocation of N bytes failed", then an abort)
+# under RLIMIT_AS
 OOM_MARKERS = ("can't allocate memory", "MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory",
-               "fail to memory allocation")  # the last: the tokenizer's regex engine (Oniguruma) under RLIMIT_AS
+               "fail to memory allocation", "memory allocation of ")
 
 
 # ---------------------------------------------------------------------------- prompts of an exact length

@@ -372,8 +372,9 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
       head's weight gradient, or, in the top layer's MLP, the gradients of the product,
       silu and up (3 (B, T, I), while the product's own saved copy is already freed);
     - end of backward: every gradient, and ``end_of_backward``: the embedding's dense gradient
-      while the tied head's is held (without ``sparse_embedding_grad``). The fused AdamW step
-      (the trainers' optimizer, unless FSDP or DeepSpeed shard it) adds nothing.
+      while the tied head's is held (without ``sparse_embedding_grad``); with gradient
+      checkpointing also the first layer's recomputed activations and its MLP's gradients. The
+      fused AdamW step (the trainers' optimizer, unless FSDP or DeepSpeed shard it) adds nothing.
     With gradient accumulation every micro-batch after the first also finds all gradients held.
     """
     rows, T, C, V = step.update_rows, step.seq_len, step.completion_length, m.vocab_size
@@ -509,10 +510,16 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     head_grad = 0 if step.use_peft else V * H * wb
     # the embedding's backward builds a dense (V, H) gradient, added to the tied head's (already held)
     dense_embedding = m.tie_word_embeddings and not step.use_peft and not step.sparse_embedding_grad
-    embedding_grad = V * H * wb if dense_embedding else 0
+    end_of_backward = V * H * wb if dense_embedding else 0
+    if step.gradient_checkpointing:  # the first layer, recomputed and run backward while (nearly) every gradient is held
+        lora = (m.lora_targets(step.lora_target_modules), step.lora_r) if step.use_peft else None
+        rows = step.update_rows
+        end_of_backward += layer_saved_bytes(m, rows, T, compute, lora, step.mixed_precision, None,
+                                             step.memory_efficient_swiglu)  # fmt: skip
+        end_of_backward += rows * T * (2 * m.intermediate_size + H) * compute  # its MLP's gradients
     cache = kv_cache_bytes(m, step.update_rows, T, compute) if shares_prefix(step, group) else 0
     update = update_peak_bytes(m, step, c["activations"] + c["logits"], c["gradients"], head_grad, logits_bytes,
-                               embedding_grad, cache)  # fmt: skip
+                               end_of_backward, cache)  # fmt: skip
 
     # --- the rollout: prefill once per prompt, then the cache repeated G times and grown a token a step
     prompts = step.prompts * step.gradient_accumulation_steps
