@@ -289,6 +289,11 @@ def shares_prefix(step: StepShape, group_size: int) -> bool:
     return group_size > 1 and step.prompt_length >= 2 and not step.gradient_checkpointing
 
 
+def _lora(m: ModelShape, step: StepShape) -> tuple[list[str], int] | None:
+    """``(adapted linear names, r)`` when only LoRA adapters train, else None (``layer_saved_bytes``'s ``lora``)."""
+    return (m.lora_targets(step.lora_target_modules), step.lora_r) if step.use_peft else None
+
+
 def training_forward_saved_bytes(m: ModelShape, step: StepShape, rows: int, logits_bytes: int,
                                  group_size: int = 1) -> dict[str, int]:  # fmt: skip
     """What one training forward of the policy saves for backward: ``{"layers", "logits", "other"}``.
@@ -300,7 +305,7 @@ def training_forward_saved_bytes(m: ModelShape, step: StepShape, rows: int, logi
     """
     T, C, H, L = step.seq_len, step.completion_length, m.hidden_size, m.num_layers
     compute = compute_bytes(m, step)
-    lora = (m.lora_targets(step.lora_target_modules), step.lora_r) if step.use_peft else None
+    lora = _lora(m, step)
     if shares_prefix(step, group_size):
         prefix_rows, prefix_len, query_len = rows // group_size, step.prompt_length - 1, C + 1
         passes = [(prefix_rows, prefix_len, prefix_len), (rows, query_len, T)]  # (rows, query positions, key positions)
@@ -361,7 +366,7 @@ def value_saved_bytes(m: ModelShape, step: StepShape, value_model: str) -> int:
 
 
 def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int, head_grad: int,
-                      logits_bytes: int, end_of_backward: int, forward_cache: int = 0) -> int:  # fmt: skip
+                      logits_bytes: int, forward_cache: int = 0) -> int:  # fmt: skip
     """Peak of one micro-batch's forward + backward + optimizer step, above weights and optimizer state.
 
     Going down the layers, saved activations are freed as gradients appear, so the peak is
@@ -371,8 +376,8 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
     - start of backward: the logits' gradient (about two (B, C+1, V) buffers) and the LM
       head's weight gradient, or, in the top layer's MLP, the gradients of the product,
       silu and up (3 (B, T, I), while the product's own saved copy is already freed);
-    - end of backward: every gradient, and ``end_of_backward``: the embedding's dense gradient
-      while the tied head's is held (without ``sparse_embedding_grad``); with gradient
+    - end of backward: every gradient, and the embedding's dense gradient while the tied head's
+      is held (without ``sparse_embedding_grad``); with gradient
       checkpointing also the first layer's recomputed activations and its MLP's gradients. The
       fused AdamW step (the trainers' optimizer, unless FSDP or DeepSpeed shard it) adds nothing.
     With gradient accumulation every micro-batch after the first also finds all gradients held.
@@ -387,8 +392,14 @@ def update_peak_bytes(m: ModelShape, step: StepShape, saved: int, gradients: int
         entropy = rows * C * V * logits_bytes + (2 + (logits_bytes < FP32)) * chunk
         logits_grad = 2 * rows * (C + 1) * V * logits_bytes + head_grad
     top_tokens = rows * (C + 1 if forward_cache else T)  # the top layer's positions in the last forward
-    mlp_grad = top_tokens * (2 * m.intermediate_size + m.hidden_size) * compute + head_grad
+    mlp_grads_per_token = (2 * m.intermediate_size + m.hidden_size) * compute
+    mlp_grad = top_tokens * mlp_grads_per_token + head_grad
     held = gradients if step.gradient_accumulation_steps > 1 else 0
+    dense_embedding = m.tie_word_embeddings and not step.use_peft and not step.sparse_embedding_grad
+    end_of_backward = V * m.hidden_size * m.weight_bytes if dense_embedding else 0
+    if step.gradient_checkpointing:  # the first layer, recomputed and run backward while (nearly) every gradient is held
+        end_of_backward += layer_saved_bytes(m, rows, T, compute, _lora(m, step), step.mixed_precision, None,
+                                             step.memory_efficient_swiglu) + rows * T * mlp_grads_per_token  # fmt: skip
     return max(saved + max(entropy + forward_cache, logits_grad, mlp_grad) + held, gradients + end_of_backward)
 
 
@@ -508,18 +519,8 @@ def predict_memory(model: ModelShape, step: StepShape) -> MemoryEstimate:
     c["activations"] = saved["layers"] + saved["other"] + value_saved_bytes(m, step, value_model)
     c["logits"] = saved["logits"]
     head_grad = 0 if step.use_peft else V * H * wb
-    # the embedding's backward builds a dense (V, H) gradient, added to the tied head's (already held)
-    dense_embedding = m.tie_word_embeddings and not step.use_peft and not step.sparse_embedding_grad
-    end_of_backward = V * H * wb if dense_embedding else 0
-    if step.gradient_checkpointing:  # the first layer, recomputed and run backward while (nearly) every gradient is held
-        lora = (m.lora_targets(step.lora_target_modules), step.lora_r) if step.use_peft else None
-        rows = step.update_rows
-        end_of_backward += layer_saved_bytes(m, rows, T, compute, lora, step.mixed_precision, None,
-                                             step.memory_efficient_swiglu)  # fmt: skip
-        end_of_backward += rows * T * (2 * m.intermediate_size + H) * compute  # its MLP's gradients
     cache = kv_cache_bytes(m, step.update_rows, T, compute) if shares_prefix(step, group) else 0
-    update = update_peak_bytes(m, step, c["activations"] + c["logits"], c["gradients"], head_grad, logits_bytes,
-                               end_of_backward, cache)  # fmt: skip
+    update = update_peak_bytes(m, step, c["activations"] + c["logits"], c["gradients"], head_grad, logits_bytes, cache)
 
     # --- the rollout: prefill once per prompt, then the cache repeated G times and grown a token a step
     prompts = step.prompts * step.gradient_accumulation_steps
