@@ -4,7 +4,7 @@
 #   benchmarks/gpu_check.sh                       # on the GPU machine: writes gpu_check.json
 #   benchmarks/gpu_check.sh --out figures.json
 #   benchmarks/gpu_check.sh --dry-run             # on a CPU: the same steps at the smoke size, nothing installed
-#   benchmarks/gpu_check.sh --work DIR            # keep each step's own output (real_shape JSONs, JUnit XML) in DIR
+#   benchmarks/gpu_check.sh --work DIR            # keep each step's own output (real_shape's JSON, JUnit XML) in DIR
 #
 # 1. the machine: Python, torch, CUDA, the GPU (nvidia-smi's read-only query; the GPU is never reset);
 # 2. what the machine lacks of llm_rl's requirements (pyproject.toml, torch excluded) and pytest,
@@ -12,9 +12,10 @@
 #    benchmarks/gpu_wheels.sh on a machine with PyPI) with `pip install --no-index --find-links`;
 #    torch is pinned to the machine's own build, so pip can never replace it;
 # 3. the CUDA-only tests (pytest -m cuda: bf16 on CUDA against float32 on the CPU);
-# 4. a bf16 GRPO step at the Qwen2.5-0.5B shape (benchmarks/real_shape.py --precision bf16): its peak
+# 4. a bf16 GRPO step at the Qwen2.5-0.5B shape (benchmarks/real_shape.py's llm_rl_grpo_bf16): its peak
 #    torch.cuda.max_memory_allocated against llm_rl.memory.predict_memory;
-# 5. generated tokens/s of the same GRPO step (float32 training) with rollout_dtype float32 and bfloat16;
+# 5. generated tokens/s of the same GRPO step (float32 training) with rollout_dtype float32 and bfloat16
+#    (llm_rl_grpo, llm_rl_grpo_rollout_bf16), in the same real_shape.py report as 4;
 # 6. one JSON of every figure (--out, default gpu_check.json), also printed.
 # A failed step is recorded in the JSON and the script goes on; it exits non-zero at the end if any failed.
 set -euo pipefail
@@ -32,7 +33,7 @@ while [ "$#" -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --wheels) WHEELS="$2"; shift ;;
         --work) WORK="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (--dry-run, --out PATH, --wheels DIR, --work DIR)" >&2; exit 2 ;;
     esac
     shift
@@ -133,10 +134,10 @@ fi
 
 # ---------------------------------------------------------------- 4-5. the 0.5B shape (smoke size in a dry run)
 if [ "$DRY_RUN" = 1 ]; then SHAPE=(--size smoke --warmup 0 --steps 1); else SHAPE=(--size 0.5b --warmup 1 --steps 1); fi
-BENCH=("$PYTHON" benchmarks/real_shape.py "${SHAPE[@]}" --only llm_rl_grpo)
-step bf16_grpo_step timeout 900 "${BENCH[@]}" --precision bf16 --json "$WORK/bf16_step.json"
-step rollout_float32 timeout 900 "${BENCH[@]}" --rollout_dtype float32 --json "$WORK/rollout_float32.json"
-step rollout_bfloat16 timeout 900 "${BENCH[@]}" --rollout_dtype bfloat16 --json "$WORK/rollout_bfloat16.json"
+# one report, three runs (each in its own process): the bf16 step, then the float32 step generating from its own
+# float32 weights, then the same generating from a bfloat16 copy; a run that fails is recorded and the next goes on
+step real_shape timeout 2700 "$PYTHON" benchmarks/real_shape.py "${SHAPE[@]}" --rollout_dtype float32 \
+    --only llm_rl_grpo_bf16,llm_rl_grpo,llm_rl_grpo_rollout_bf16 --json "$WORK/real_shape.json"
 
 # ---------------------------------------------------------------- 6. one JSON
 "$PYTHON" - "$WORK" "$OUT" "$DRY_RUN" "${FAILED[@]+"${FAILED[@]}"}" <<'EOF'
@@ -152,16 +153,17 @@ import torch
 work, out, dry_run, failed = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
 
 
+shape = json.loads((work / "real_shape.json").read_text()) if (work / "real_shape.json").exists() else None
+
+
 def run(name):
-    path = work / f"{name}.json"
-    if not path.exists():
+    if shape is None or name not in shape["runs"]:
         return None
-    report = json.loads(path.read_text())
-    r = report["runs"]["llm_rl_grpo"]
+    r = shape["runs"][name]
+    s = {**shape["settings"], **r["settings"]}  # the run's own settings over the command line's
     keys = ("status", "peak_memory_mb", "predicted_memory_mb", "peak_over_predicted", "state_memory_mb", "memory_kind",
             "step_seconds", "generation_seconds", "generated_tokens_per_second", "predicted_phases_mb")
-    return {"size": report["settings"]["size"], "precision": report["settings"]["precision"],
-            "rollout_dtype": report["settings"]["rollout_dtype"], **{k: r.get(k) for k in keys}}
+    return {"size": s["size"], "precision": s["precision"], "rollout_dtype": s["rollout_dtype"], **{k: r.get(k) for k in keys}}
 
 
 tests = None
@@ -170,7 +172,7 @@ if (work / "cuda_tests.xml").exists():
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     tests = {**n, "passed": n["tests"] - n["failures"] - n["errors"] - n["skipped"]}
-float32, bfloat16 = run("rollout_float32"), run("rollout_bfloat16")
+float32, bfloat16 = run("llm_rl_grpo"), run("llm_rl_grpo_rollout_bf16")
 speedup = None
 if float32 and bfloat16 and float32.get("generated_tokens_per_second") and bfloat16.get("generated_tokens_per_second"):
     speedup = bfloat16["generated_tokens_per_second"] / float32["generated_tokens_per_second"]
@@ -182,7 +184,7 @@ report = {
     "packages": {p: metadata.version(p) for p in ("transformers", "datasets", "accelerate", "peft", "tokenizers")},
     "missing_before_install": (work / "missing.txt").read_text().split("\n")[:-1],
     "cuda_tests": tests,
-    "bf16_grpo_step": run("bf16_step"),
+    "bf16_grpo_step": run("llm_rl_grpo_bf16"),
     "rollout_dtype": {"float32": float32, "bfloat16": bfloat16, "bfloat16_over_float32_generated_tokens_per_second": speedup},
     "failed_steps": failed,
 }

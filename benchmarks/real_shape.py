@@ -1,6 +1,6 @@
 """A Qwen2.5-0.5B-shaped step on this CPU, measured against ``predict_memory`` and TRL.
 
-    python benchmarks/real_shape.py                                  # every run, 128 completion tokens
+    python benchmarks/real_shape.py                                  # the six runs below, 128 completion tokens
     python benchmarks/real_shape.py --max_completion_length 256      # how the peak grows with the length
     python benchmarks/real_shape.py --only llm_rl_grpo,trl_grpo --json real_shape.json
     python benchmarks/real_shape.py --size smoke --only llm_rl_grpo --steps 1 --warmup 0   # seconds: a test
@@ -20,6 +20,11 @@ weights, the arithmetic reward. Runs, each in its own process, one after the oth
     llm_rl_ppo        llm_rl's PPOTrainer with its value head on the policy (2 epochs, 1 mini-batch)
     trl_grpo          TRL 1.16's GRPOTrainer at the same settings (pip install -e ".[bench]")
     trl_grpo_gc       the same with gradient_checkpointing (TRL's default), beside llm_rl_grpo_gc
+
+and, when ``--only`` names them, two variants of llm_rl_grpo (gpu_check.sh runs both):
+
+    llm_rl_grpo_rollout_bf16  generation from a bfloat16 copy of the policy (``rollout_dtype``)
+    llm_rl_grpo_bf16          bf16 autocast over float32 weights (``--precision bf16`` for this run)
 
 Each worker bounds its address space (``RLIMIT_AS``, ``--memory_limit_gb``) so that a run
 which outgrows the machine fails its own allocation and is reported "out of memory"
@@ -51,14 +56,18 @@ from _common import MiB, SHAPE_SIZES, StepClock, default_threads, policy_path, s
 from vs_trl import PRECISIONS  # noqa: E402  (the strings its runners read the precision from)
 
 PROMPT_COUNT = 64  # distinct prompts in the dataset: more than any run draws
-RUNS = {  # name: (framework, algorithm, llm_rl config fields)
-    "llm_rl_grpo": ("llm_rl", "grpo", {}),
-    "llm_rl_grpo_gc": ("llm_rl", "grpo", {"gradient_checkpointing": True}),
-    "llm_rl_grpo_lora": ("llm_rl", "grpo", {"use_peft": True, "lora_r": 16}),
-    "llm_rl_ppo": ("llm_rl", "ppo", {}),
-    "trl_grpo": ("trl", "grpo", {}),
-    "trl_grpo_gc": ("trl", "grpo", {"gradient_checkpointing": True}),  # TRL 1.16's default
+RUNS = {  # name: (framework, algorithm, llm_rl config fields, settings of this run that differ from the command line's)
+    "llm_rl_grpo": ("llm_rl", "grpo", {}, {}),
+    "llm_rl_grpo_gc": ("llm_rl", "grpo", {"gradient_checkpointing": True}, {}),
+    "llm_rl_grpo_lora": ("llm_rl", "grpo", {"use_peft": True, "lora_r": 16}, {}),
+    "llm_rl_ppo": ("llm_rl", "ppo", {}, {}),
+    "trl_grpo": ("trl", "grpo", {}, {}),
+    "trl_grpo_gc": ("trl", "grpo", {"gradient_checkpointing": True}, {}),  # TRL 1.16's default
+    # not in the default list: the variants gpu_check.sh runs, and rollout_dtype beside llm_rl_grpo in one report
+    "llm_rl_grpo_rollout_bf16": ("llm_rl", "grpo", {}, {"rollout_dtype": "bfloat16"}),
+    "llm_rl_grpo_bf16": ("llm_rl", "grpo", {}, {"precision": PRECISIONS["bf16"]}),
 }
+DEFAULT_RUNS = ["llm_rl_grpo", "llm_rl_grpo_gc", "llm_rl_grpo_lora", "llm_rl_ppo", "trl_grpo", "trl_grpo_gc"]
 # what an allocation failure prints: torch's CPU allocator, Python, C++ (a thread or buffer), CUDA; then the
 # tokenizer's regex engine (Oniguruma) and Rust's allocator ("memory allocation of N bytes failed", then an abort)
 # under RLIMIT_AS
@@ -125,8 +134,9 @@ def settings(args, model: str) -> dict:
 
 
 def run_settings(name: str, s: dict) -> dict:
-    """The settings as the runner reads them: PPO's prompts per step are its own (one completion each)."""
-    _, algo, _ = RUNS[name]
+    """The settings as the runner reads them: the run's own (RUNS), and PPO's prompts per step (one completion each)."""
+    _, algo, _, own = RUNS[name]
+    s = {**s, **own}
     if algo == "ppo":
         return {**s, "prompts_per_step": s["ppo_prompts_per_step"], "num_generations": 1}
     return s
@@ -136,24 +146,24 @@ def predicted(name: str, s: dict, device: str) -> dict:
     """``predict_memory`` for the run (MB): the total, its phases, and the state (weights, frozen copies, gradients, AdamW)."""
     from llm_rl.memory import ModelShape, StepShape, predict_memory
 
-    framework, algo, extra = RUNS[name]
+    framework, algo, extra, _ = RUNS[name]
     r = run_settings(name, s)
     step_fields = {f.name for f in fields(StepShape)}
     rollout_copy = 0  # a rollout_dtype copy of the policy, where the predictor does not count it yet
     kwargs = {}
-    model = ModelShape.from_config(s["model"])
-    if framework == "llm_rl" and s["rollout_dtype"] not in (None, model.dtype):
+    model = ModelShape.from_config(r["model"])
+    if framework == "llm_rl" and r["rollout_dtype"] not in (None, model.dtype):
         if "rollout_dtype" in step_fields:
-            kwargs["rollout_dtype"] = s["rollout_dtype"]
+            kwargs["rollout_dtype"] = r["rollout_dtype"]
         else:
-            rollout_copy = model.num_params * {"bfloat16": 2, "float32": 4}[s["rollout_dtype"]]
+            rollout_copy = model.num_params * {"bfloat16": 2, "float32": 4}[r["rollout_dtype"]]
     step = StepShape(
-        algo, prompts=r["prompts_per_step"], num_generations=r["num_generations"], prompt_length=s["prompt_length"],
-        completion_length=s["max_completion_length"], num_mini_batches=s["num_mini_batches"],
+        algo, prompts=r["prompts_per_step"], num_generations=r["num_generations"], prompt_length=r["prompt_length"],
+        completion_length=r["max_completion_length"], num_mini_batches=r["num_mini_batches"],
         value_model="shared" if algo == "ppo" else "none", reference=True,
         use_peft=extra.get("use_peft", False), lora_r=extra.get("lora_r", 16),
         gradient_checkpointing=extra.get("gradient_checkpointing", False), device=device,
-        mixed_precision=s["precision"] == PRECISIONS["bf16"], **kwargs,
+        mixed_precision=r["precision"] == PRECISIONS["bf16"], **kwargs,
     )  # fmt: skip
     estimate = predict_memory(model, step)
     state = estimate.weights + estimate.components["gradients"] + estimate.components["optimizer_state"]
@@ -176,7 +186,7 @@ def worker(name: str, s: dict, out: str) -> None:
 
     cuda = torch.cuda.is_available()
     set_threads(s["torch_threads"])
-    framework, algo, extra = RUNS[name]
+    framework, algo, extra, _ = RUNS[name]
     from transformers import AutoTokenizer
 
     import vs_trl  # the runners: the same instrumentation as the side-by-side benchmark
@@ -201,7 +211,7 @@ def worker(name: str, s: dict, out: str) -> None:
             if framework == "llm_rl":
                 from reward_models import math_correctness
 
-                overrides = {**extra, "max_prompt_length": s["prompt_length"]}  # rollout_dtype: read from s
+                overrides = {**extra, "max_prompt_length": s["prompt_length"]}  # rollout_dtype: read from r
                 meta = vs_trl.run_llm_rl(algo, r, clock, output_dir, shared_value_head=algo == "ppo",
                                          config_overrides=overrides, train_dataset=dataset,
                                          reward_funcs=[math_correctness])  # fmt: skip
@@ -221,7 +231,8 @@ def worker(name: str, s: dict, out: str) -> None:
 
 
 def run_worker(name: str, s: dict) -> dict:
-    """One run in its own process; an allocation failure (or the kernel's OOM kill) is reported, not raised."""
+    """One run in its own process; an allocation failure (or the kernel's OOM kill) is reported "out of memory", any
+    other failure "failed" with its output printed, and the next run goes on (main exits non-zero at the end)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, json.dumps(s), "--worker_out", out.name]
         result = subprocess.run(cmd, env=thread_env(s["torch_threads"]), capture_output=True, text=True)
@@ -232,7 +243,8 @@ def run_worker(name: str, s: dict) -> dict:
     if result.returncode == -9 or any(marker in output for marker in OOM_MARKERS):
         return {"status": "out of memory", "error": f"exit {result.returncode}: " + output[-500:]}
     sys.stderr.write(output)
-    raise SystemExit(f"{name} failed (exit {result.returncode}); its output is above")
+    print(f"{name} failed (exit {result.returncode}); its output is above", file=sys.stderr, flush=True)
+    return {"status": "failed", "error": f"exit {result.returncode}: " + output[-2000:]}
 
 
 # ---------------------------------------------------------------------------- the report
@@ -270,7 +282,8 @@ def print_report(s: dict, runs: dict) -> None:
           f"{s['prompt_length']} prompt + {s['max_completion_length']} completion tokens, {s['precision']}"
           f"{', rollout_dtype ' + s['rollout_dtype'] if s['rollout_dtype'] else ''}; {s['steps']} measured step(s) after "
           f"{s['warmup']} warm-up, {s['clock']} clock, {s['torch_threads']} threads")  # fmt: skip
-    print(f"{'':<42}" + "".join(f"{n:>18}" for n in names))
+    width = max(18, *(len(n) + 2 for n in names))
+    print(f"{'':<42}" + "".join(f"{n:>{width}}" for n in names))
     for label, key, fmt in TABLE:
         cells = []
         for n in names:
@@ -279,7 +292,15 @@ def print_report(s: dict, runs: dict) -> None:
                 cells.append(runs[n]["status"] if key == "peak_memory_mb" else "-")
             else:
                 cells.append("-" if value is None else fmt.format(value))
-        print(f"{label:<42}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{label:<42}" + "".join(f"{c:>{width}}" for c in cells))
+    for n in names:
+        if runs[n]["settings"]:
+            print(f"{n}: " + ", ".join(f"{k} {v}" for k, v in runs[n]["settings"].items()))
+    bf16_rollout, plain = runs.get("llm_rl_grpo_rollout_bf16"), runs.get("llm_rl_grpo")
+    if bf16_rollout and plain and bf16_rollout["status"] == plain["status"] == "ok":
+        print(f"llm_rl_grpo_rollout_bf16 / llm_rl_grpo: generation s "
+              f"{bf16_rollout['generation_seconds'] / plain['generation_seconds']:.2f}x, generated tokens/s "
+              f"{bf16_rollout['generated_tokens_per_second'] / plain['generated_tokens_per_second']:.2f}x")  # fmt: skip
     for ours_name, trl_name in (("llm_rl_grpo", "trl_grpo"), ("llm_rl_grpo_gc", "trl_grpo_gc")):
         ours, trl = runs.get(ours_name), runs.get(trl_name)
         if ours and trl and ours["status"] == trl["status"] == "ok":
@@ -295,7 +316,8 @@ def main() -> None:
     parser.add_argument("--size", choices=list(SHAPE_SIZES), default="0.5b", help="0.5b: Qwen2.5-0.5B's shape; smoke: seconds")
     parser.add_argument("--steps", type=int, default=2, help="measured steps per run (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured")
-    parser.add_argument("--only", default=None, help=f"comma-separated runs of {', '.join(RUNS)} (default: all)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated runs of {', '.join(RUNS)} (default: {', '.join(DEFAULT_RUNS)})")
     parser.add_argument("--max_completion_length", type=int, default=None,
                         help="completion tokens, all sampled (default: the size's, 128 at 0.5b)")
     parser.add_argument("--prompt_length", type=int, default=64, help="tokens of every prompt")
@@ -315,7 +337,7 @@ def main() -> None:
         worker(name, json.loads(s), args.worker_out)
         return
 
-    names = args.only.split(",") if args.only else list(RUNS)
+    names = args.only.split(",") if args.only else DEFAULT_RUNS
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         parser.error(f"--only: unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
@@ -342,13 +364,16 @@ def main() -> None:
         if result["status"] == "ok":
             rows = run_settings(name, s)["prompts_per_step"] * run_settings(name, s)["num_generations"]
             result["tokens_per_row"] = result["update_tokens_per_step"] / rows / (2 if RUNS[name][1] == "ppo" else 1)
-        runs[name] = report_row(result, predicted(name, s, device))
+        runs[name] = {**report_row(result, predicted(name, s, device)), "settings": RUNS[name][3]}
         if runs[name]["status"] == "ok" and runs[name]["predicted_memory_mb"]:
             runs[name]["peak_over_predicted"] = runs[name]["peak_memory_mb"] / runs[name]["predicted_memory_mb"]
     print_report(s, runs)
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": {**s, "device": device}, "runs": runs}, indent=2))
         print(f"\nwrote {args.json}")
+    failed = [name for name, run in runs.items() if run["status"] == "failed"]
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (their output is above)")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,28 @@ def test_real_shape_state_memory_is_what_predict_memory_counts(monkeypatch):
     assert grpo["predicted_memory_mb"] > grpo["state_memory_mb"]
     bf16_copy = real_shape.predicted("llm_rl_grpo", {**s, "rollout_dtype": "bfloat16"}, "cpu")
     assert bf16_copy["state_memory_mb"] - grpo["state_memory_mb"] == pytest.approx(2 * shape.num_params / 2**20)
+    # a run's own settings (RUNS) win over the command line's: the same figures as the command-line setting
+    assert real_shape.predicted("llm_rl_grpo_rollout_bf16", s, "cpu") == bf16_copy
+    assert real_shape.run_settings("llm_rl_grpo_bf16", s)["precision"] == real_shape.PRECISIONS["bf16"]
+    assert real_shape.predicted("llm_rl_grpo_bf16", s, "cpu") == real_shape.predicted(
+        "llm_rl_grpo", {**s, "precision": real_shape.PRECISIONS["bf16"]}, "cpu")
+
+
+def test_real_shape_records_a_failed_run_and_goes_on(monkeypatch, capsys):
+    """One run's failure (not an allocation) is recorded with its output; the report still prints every run."""
+    import subprocess
+
+    import real_shape
+
+    monkeypatch.setattr(real_shape.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "boom: a bug"))
+    failed = real_shape.run_worker("llm_rl_grpo", {"torch_threads": 1})
+    assert failed["status"] == "failed" and "boom: a bug" in failed["error"]
+    assert "llm_rl_grpo failed (exit 1)" in capsys.readouterr().err
+    s = {"size": "smoke", "prompts_per_step": 2, "num_generations": 8, "ppo_prompts_per_step": 16, "prompt_length": 64,
+         "max_completion_length": 8, "precision": "fp32", "rollout_dtype": None, "steps": 1, "warmup": 0,
+         "clock": "wall", "torch_threads": 1}  # fmt: skip
+    real_shape.print_report(s, {"llm_rl_grpo": {**failed, "predicted_memory_mb": 1.0, "state_memory_mb": 1.0, "settings": {}}})
+    assert "failed" in capsys.readouterr().out.split("peak memory above baseline MB")[1].splitlines()[0]
 
 
 @pytest.mark.slow
@@ -117,9 +139,10 @@ def test_gpu_check_dry_run_on_cpu_writes_its_figures(tmp_path):
                             capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
-    # its float32 rollout step is `real_shape.py --size smoke --only llm_rl_grpo --warmup 0 --steps 1`: the documented JSON
-    shape = json.loads((work / "rollout_float32.json").read_text())
+    # its shape step is `real_shape.py --size smoke --warmup 0 --steps 1 --only ...`: the documented JSON, three runs
+    shape = json.loads((work / "real_shape.json").read_text())
     assert shape["settings"]["size"] == "smoke" and shape["settings"]["prompt_length"] == 64
+    assert list(shape["runs"]) == ["llm_rl_grpo_bf16", "llm_rl_grpo", "llm_rl_grpo_rollout_bf16"]
     run = shape["runs"]["llm_rl_grpo"]
     assert run["status"] == "ok"
     for key in RUN_FIGURES:
