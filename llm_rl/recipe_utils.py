@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from llm_rl.cli import parse_args, run  # noqa: F401  (run: what each recipe's __main__ calls)
 from llm_rl.data import heldout_arithmetic, load_gsm8k, load_task
-from llm_rl.data.arithmetic import greedy_accuracy, unseen_arithmetic
+from llm_rl.data.arithmetic import greedy_correct, unseen_arithmetic, unseen_problems
 from llm_rl.trainers.config import ConfigError
 from reward_models import format_reward, make_length_penalty, math_correctness
 
@@ -75,11 +75,15 @@ def train_and_eval_data(script_args: ScriptArguments, seed: int):
 
     The second value is ``None``, one dataset (logged as ``accuracy``), or, for the embedded
     arithmetic task, ``{"accuracy": draws from the whole task, "accuracy_unseen": draws from
-    the unseen split that training never draws}`` (see ``llm_rl.data.arithmetic``).
+    the unseen split that training never draws}`` (see ``llm_rl.data.arithmetic``); the first
+    carries an ``unseen`` column, so ``accuracy_seen`` is also reported from the same pass.
     """
     train = load_task(script_args.dataset, split=script_args.dataset_split, prompt_column=script_args.prompt_column, seed=seed)
     if script_args.dataset == "arithmetic":
-        return train, {"accuracy": heldout_arithmetic(script_args.eval_size),
+        heldout = heldout_arithmetic(script_args.eval_size)
+        unseen = unseen_problems()
+        heldout = heldout.add_column("unseen", [prompt in unseen for prompt in heldout["prompt"]])
+        return train, {"accuracy": heldout,
                        "accuracy_unseen": unseen_arithmetic(script_args.eval_size)}
     if "gsm8k" in script_args.dataset.lower():
         source = "openai/gsm8k" if script_args.dataset == "gsm8k" else script_args.dataset
@@ -93,10 +97,21 @@ def accuracy_eval_fn(heldout, max_new_tokens: int):
 
     ``heldout`` is one dataset (its key is ``accuracy``) or ``{metric name: dataset}``; every set
     is scored the same way (greedy, ``max_new_tokens``, ``math_correctness``'s number matching).
+    A set with a boolean ``unseen`` column also gives ``<name>_seen``: the same pass's accuracy on
+    its rows whose problem training also draws.
     """
     if heldout is None:
         return None
     sets = heldout if isinstance(heldout, dict) else {"accuracy": heldout}
-    return lambda model, tokenizer: {
-        name: greedy_accuracy(model, tokenizer, data, max_new_tokens=max_new_tokens) for name, data in sets.items()
-    }
+
+    def evaluate(model, tokenizer) -> dict[str, float]:
+        metrics = {}
+        for name, data in sets.items():
+            correct = greedy_correct(model, tokenizer, data, max_new_tokens=max_new_tokens)
+            metrics[name] = sum(correct) / len(correct)
+            if "unseen" in data.column_names:
+                seen = [ok for ok, unseen in zip(correct, data["unseen"]) if not unseen]
+                metrics[f"{name}_seen"] = sum(seen) / max(len(seen), 1)
+        return metrics
+
+    return evaluate

@@ -209,11 +209,13 @@ def test_grpo_sharded_on_two_processes_matches_one_process_and_skips_a_nan_step(
 
 @pytest.mark.slow
 def test_ppo_fsdp2_resumes_a_sharded_checkpoint_bit_identically(tiny_model_dir, tmp_path):
-    """Sharded (DCP) checkpoints of policy, value head, optimizer and RNG: 2 steps + 2 resumed == 4 steps."""
-    straight = _launch(tmp_path, "fsdp", "straight", "ppo", tiny_model_dir, "2", "max_steps=4")
-    _launch(tmp_path, "fsdp", "stopped", "ppo", tiny_model_dir, "2", "max_steps=2", "save_steps=2")
-    resumed = _launch(tmp_path, "fsdp", "stopped", "ppo", tiny_model_dir, "2", "max_steps=4", "resume_from_checkpoint=latest")
-    assert (resumed / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # each process wrote its shard
+    """Sharded (DCP) checkpoints of policy, value head, optimizer and RNG: 4 steps straight through (saving at
+    step 2) == a new run resumed from that step-2 checkpoint for the last 2 (two launches, not three)."""
+    straight = _launch(tmp_path, "fsdp", "straight", "ppo", tiny_model_dir, "2", "max_steps=4", "save_steps=2")
+    checkpoint = straight / "checkpoint-2"
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir()  # each process wrote its shard
+    resumed = _launch(tmp_path, "fsdp", "resumed", "ppo", tiny_model_dir, "2", "max_steps=4", f"resume_from_checkpoint={checkpoint}")
+    assert [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()][-1] == 4
     for file in ("model.safetensors", "value_head.safetensors"):
         a, b = load_file(straight / "final" / file), load_file(resumed / "final" / file)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file

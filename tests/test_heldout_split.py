@@ -78,18 +78,27 @@ def test_the_warm_start_never_sees_an_unseen_problem(monkeypatch, tiny_tokenizer
     assert not set(seen_prompts) & unseen_problems()
 
 
-def test_recipe_utils_evaluates_both_sets_the_same_way(tiny_model_dir):
+def test_recipe_utils_evaluates_both_sets_the_same_way(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_rl.recipe_utils import ScriptArguments, accuracy_eval_fn, train_and_eval_data
 
-    train, sets = train_and_eval_data(ScriptArguments(eval_size=6), seed=0)
-    assert set(sets) == {"accuracy", "accuracy_unseen"} and all(len(d) == 6 for d in sets.values())
-    assert sets["accuracy_unseen"]["prompt"] == unseen_arithmetic(6)["prompt"]
+    train, sets = train_and_eval_data(ScriptArguments(eval_size=20), seed=0)  # 20: three of its draws are unseen
+    assert set(sets) == {"accuracy", "accuracy_unseen"} and all(len(d) == 20 for d in sets.values())
+    assert sets["accuracy_unseen"]["prompt"] == unseen_arithmetic(20)["prompt"]
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
     result = accuracy_eval_fn(sets, max_new_tokens=4)(model, tok)
-    assert set(result) == {"accuracy", "accuracy_unseen"} and all(0.0 <= v <= 1.0 for v in result.values())
-    assert set(accuracy_eval_fn(sets["accuracy"], max_new_tokens=4)(model, tok)) == {"accuracy"}  # one set: as before
+    assert set(result) == {"accuracy", "accuracy_seen", "accuracy_unseen"} and all(0.0 <= v <= 1.0 for v in result.values())
+    assert set(accuracy_eval_fn(heldout_arithmetic(20), max_new_tokens=4)(model, tok)) == {"accuracy"}  # one set: as before
+    # accuracy_seen: the same pass, restricted to the rows whose problem training also draws (rows 8, 10, 18 are unseen)
+    unseen_rows = sets["accuracy"]["unseen"]
+    assert unseen_rows == [p in unseen_problems() for p in sets["accuracy"]["prompt"]] and sum(unseen_rows) == 3
+    import llm_rl.recipe_utils as recipe_utils
+
+    right = [i % 3 != 1 for i in range(20)]  # a known pattern: 13 of 20 right, 11 of the 17 seen rows, 2 of the 3 unseen
+    monkeypatch.setattr(recipe_utils, "greedy_correct", lambda model, tok, data, **kwargs: right[: len(data)])
+    result = accuracy_eval_fn(sets, max_new_tokens=4)(model, tok)
+    assert result["accuracy"] == 13 / 20 and result["accuracy_seen"] == 11 / 17 and result["accuracy_unseen"] == 13 / 20
     assert accuracy_eval_fn(None, 4) is None
 
 

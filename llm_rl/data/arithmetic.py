@@ -122,8 +122,8 @@ def unseen_arithmetic(n: int = HELDOUT_SIZE, spec: ArithmeticSpec = ArithmeticSp
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, dataset, batch_size: int = 200, max_new_tokens: int = 8) -> float:
-    """Fraction of ``dataset`` rows whose greedy completion holds the right final number.
+def greedy_correct(model, tokenizer, dataset, batch_size: int = 200, max_new_tokens: int = 8) -> list[bool]:
+    """For each row of ``dataset``, whether its greedy completion holds the right final number.
 
     Answers are checked by ``reward_models.math.answers_match``, which parses numbers and
     never executes model text.
@@ -134,7 +134,7 @@ def greedy_accuracy(model, tokenizer, dataset, batch_size: int = 200, max_new_to
     model.eval()
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    correct = 0
+    correct = []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         enc = tokenizer(list(rows["prompt"]), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -146,6 +146,11 @@ def greedy_accuracy(model, tokenizer, dataset, batch_size: int = 200, max_new_to
             eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(answers_match(text, gold) for text, gold in zip(texts, rows["answer"]))
+        correct += [answers_match(text, gold) for text, gold in zip(texts, rows["answer"])]
     model.train(was_training)
-    return correct / len(dataset)
+    return correct
+
+
+def greedy_accuracy(model, tokenizer, dataset, batch_size: int = 200, max_new_tokens: int = 8) -> float:
+    """Fraction of ``dataset`` rows whose greedy completion holds the right final number (``greedy_correct``)."""
+    return sum(greedy_correct(model, tokenizer, dataset, batch_size, max_new_tokens)) / len(dataset)
