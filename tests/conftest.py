@@ -19,6 +19,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _warm_model_built_by_the_controller = False
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort, so each file keeps its order): pytest-xdist hands tests out in collection
+    order, so the minute-long ones start while the other worker still has short ones to take, instead of one of them
+    running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is never called
 def pytest_xdist_node_collection_finished(node, ids):
     """pytest -n N, in the controller, before any test is sent out: when a collected file needs the warm tiny
