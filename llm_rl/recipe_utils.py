@@ -46,6 +46,8 @@ class ScriptArguments:
     def __post_init__(self) -> None:
         if self.reward == "rule":
             unknown_rewards(self.rewards)
+        if not (isinstance(self.eval_size, int) and self.eval_size >= 1):
+            raise ConfigError(f"Invalid config: eval_size must be a whole number >= 1 (held-out problems), got {self.eval_size!r}")
 
 
 def unknown_rewards(names: str) -> None:

@@ -87,6 +87,7 @@ def _cases(data: Path, model: str) -> list[Case]:
         # settings, on the command line and in a run config
         Case("bad_value_on_the_command_line", "grpo_math", ("--learning_rate", "-1"),
              r"Invalid config: learning_rate must be a finite number > 0, got -1\.0$"),
+        Case("eval_size_below_one", "ppo_math", ("--eval_size", "-3"), r"eval_size must be a whole number >= 1 \(held-out problems\), got -3$"),
         Case("unknown_reward_name", "grpo_math", ("--rewards", "math_correctness,no_such_reward"),
              r"rewards names unknown reward\(s\) \['no_such_reward'\]; choose from math_correctness"),
         Case("bad_key_in_run_config", "grpo_math", ("--config", str(data / "bad_key.yaml")),
