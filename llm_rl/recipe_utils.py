@@ -111,9 +111,9 @@ def accuracy_eval_fn(heldout, max_new_tokens: int):
         for name, data in sets.items():
             correct = greedy_correct(model, tokenizer, data, max_new_tokens=max_new_tokens)
             metrics[name] = sum(correct) / len(correct)
-            if "unseen" in data.column_names:
-                seen = [ok for ok, unseen in zip(correct, data["unseen"]) if not unseen]
-                metrics[f"{name}_seen"] = sum(seen) / max(len(seen), 1)
+            seen = [ok for ok, unseen in zip(correct, data["unseen"]) if not unseen] if "unseen" in data.column_names else []
+            if seen:  # no seen row (a tiny --eval_size): no figure, rather than a 0% that was never measured
+                metrics[f"{name}_seen"] = sum(seen) / len(seen)
         return metrics
 
     return evaluate
